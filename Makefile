@@ -1,0 +1,64 @@
+# Every routine task of the course. `make test` and `make lab` install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# PyTorch is installed first, on its own line, so that a machine can ask for the build it has
+# (CI asks for the wheels it keeps on disk); everyone else gets ranges, never pins.
+TORCH_PACKAGES ?= "torch>=2.3" "torchvision>=0.18"
+D2L_PACKAGE ?= d2l==1.0.3
+WORKERS ?= 2
+NOTEBOOKS := $(wildcard chapter_*/*.ipynb)
+
+# A relative mirror path would break in notebooks, whose working directory is their chapter.
+ifdef COURSE_DATA_MIRROR
+export COURSE_DATA_MIRROR := $(abspath $(COURSE_DATA_MIRROR))
+endif
+
+.PHONY: install lab test test-unit book bench lint headers clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(TORCH_PACKAGES)
+	$(PY) -m pip install -e ".[dev]"
+	@# d2l is only a reference for tests and benchmarks; it hard-pins old numpy/pandas.
+	$(PY) -m pip install --no-deps "$(D2L_PACKAGE)"
+	touch $(STAMP)
+
+lab: install
+	$(VENV)/bin/jupyter lab
+
+# Unit tests of common/, notebook hygiene, and every notebook through nbval in smoke mode.
+# One thread per kernel: the WORKERS kernels share the machine's cores.
+test: install
+	COURSE_SMOKE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n $(WORKERS) --dist loadscope \
+		--nbval-lax --nbval-cell-timeout=600 --nbval-sanitize-with tests/nbval_sanitize.cfg \
+		tests $(sort $(dir $(NOTEBOOKS)))
+
+test-unit: install
+	$(PY) -m pytest tests
+
+# Full mode (the real sizes; meant for a GPU machine): executed copies go to build/book/.
+book: install
+	@for nb in $(NOTEBOOKS); do \
+		echo "== $$nb"; \
+		COURSE_SMOKE=0 $(VENV)/bin/jupyter nbconvert --to notebook --execute \
+			--ExecutePreprocessor.timeout=-1 --output-dir build/book/$$(dirname $$nb) $$nb || exit 1; \
+	done
+
+bench: install
+	$(PY) -m common.bench
+
+lint: install
+	$(VENV)/bin/ruff check common tests $(NOTEBOOKS)
+
+# Regenerate the title badge and setup cell of every notebook from common/notebook.py.
+headers: install
+	$(PY) -m common.notebook headers
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -name .ipynb_checkpoints -type d -prune -exec rm -rf {} +

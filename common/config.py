@@ -1,0 +1,78 @@
+"""Run mode (full or smoke), seeding and device choice.
+
+The whole course runs in one of two modes with the same code:
+
+* **full** (default): the real hyper-parameters, as a learner on a GPU runs them;
+* **smoke** (``COURSE_SMOKE=1``, set by ``make test`` and CI): smaller sizes, so the
+  whole course executes on a laptop CPU in minutes.
+
+Notebooks read their sizes through :func:`pick`, so the learner sees both values.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def is_smoke() -> bool:
+    """True when ``COURSE_SMOKE`` asks for the small, fast run mode."""
+    value = os.environ.get("COURSE_SMOKE", "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"COURSE_SMOKE={value!r} is not understood: use 1 (smoke mode) or 0 (full mode).")
+
+
+def pick(full: T, smoke: T) -> T:
+    """Return ``smoke`` in smoke mode and ``full`` otherwise (sizes only, never logic)."""
+    return smoke if is_smoke() else full
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and PyTorch (all devices) so that runs repeat."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS generators
+
+
+def device() -> torch.device:
+    """The best available device: the first CUDA GPU, else Apple MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda:0")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def all_devices() -> list[torch.device]:
+    """Every CUDA GPU, or ``[device()]`` when there is none."""
+    count = torch.cuda.device_count()
+    return [torch.device(f"cuda:{i}") for i in range(count)] if count else [device()]
+
+
+def repo_root() -> Path | None:
+    """The course checkout that holds this package, or None when installed (e.g. on Colab)."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").exists() and (root / "chapter_preliminaries").is_dir() else None
+
+
+def setup(seed: int = 0) -> torch.device:
+    """What the shared setup cell of every notebook calls: seed, configure plots, pick the device."""
+    seed_everything(seed)
+    from . import plot  # imported here so that config stays importable without matplotlib
+
+    plot.use_svg_display()
+    dev = device()
+    print(f"run mode: {'smoke' if is_smoke() else 'full'}; device: {dev}; torch {torch.__version__}")
+    return dev

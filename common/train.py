@@ -1,0 +1,189 @@
+"""Metrics, timing, evaluation and the classification training loop the chapters share."""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import device as default_device
+from .plot import LivePlot
+
+
+class Timer:
+    """Records the durations of several runs: ``start()`` ... ``stop()``."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self.start()
+
+    def start(self) -> None:
+        self.tik = time.perf_counter()
+
+    def stop(self) -> float:
+        self.times.append(time.perf_counter() - self.tik)
+        return self.times[-1]
+
+    def sum(self) -> float:
+        return sum(self.times)
+
+    def avg(self) -> float:
+        return self.sum() / len(self.times)
+
+
+class Accumulator:
+    """Running sums of ``n`` quantities.
+
+    Values may be tensors: they are summed on their device and only turned into Python
+    floats when read, so the training loop does not wait for the GPU after every batch.
+    """
+
+    def __init__(self, n: int):
+        self.data: list = [0.0] * n
+
+    def add(self, *values) -> None:
+        if len(values) != len(self.data):
+            raise ValueError(f"Accumulator holds {len(self.data)} sums, got {len(values)} values.")
+        self.data = [a + (v.detach() if isinstance(v, torch.Tensor) else v) for a, v in zip(self.data, values)]
+
+    def __getitem__(self, i: int) -> float:
+        return float(self.data[i])
+
+
+def accuracy(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Number of correct predictions (a 0-d tensor): ``y_hat`` holds logits (N, q) or labels (N,)."""
+    if y_hat.ndim > 1 and y_hat.shape[1] > 1:
+        y_hat = y_hat.argmax(dim=1)
+    if y_hat.shape != y.shape:
+        raise ValueError(f"Predictions {tuple(y_hat.shape)} and labels {tuple(y.shape)} do not match.")
+    return (y_hat.type(y.dtype) == y).sum()
+
+
+@contextlib.contextmanager
+def _eval_mode(net):
+    """Evaluation mode for modules (dropout off, batch-norm running statistics), restored after."""
+    was_training = getattr(net, "training", False)
+    if isinstance(net, nn.Module):
+        net.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if isinstance(net, nn.Module):
+            net.train(was_training)
+
+
+def evaluate_accuracy(net: Callable, data_iter: Iterable, device: torch.device | None = None) -> float:
+    """Accuracy of ``net`` over all batches of ``data_iter``."""
+    dev = device or _device_of(net)
+    metric = Accumulator(2)  # correct predictions, examples
+    with _eval_mode(net):
+        for X, y in data_iter:
+            X, y = X.to(dev), y.to(dev)
+            metric.add(accuracy(net(X), y), y.numel())
+    return metric[0] / metric[1]
+
+
+def _device_of(net) -> torch.device:
+    if isinstance(net, nn.Module):
+        param = next(net.parameters(), None)
+        if param is not None:
+            return param.device
+    return default_device()
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of a training run, for printing and for asserts."""
+
+    train_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    examples_per_sec: list[float] = field(default_factory=list)
+    device: str = ""
+
+    def __str__(self) -> str:
+        if not self.train_loss:
+            return "History(no epochs)"
+        return (f"loss {self.train_loss[-1]:.3f}, train acc {self.train_acc[-1]:.3f}, "
+                f"test acc {self.test_acc[-1]:.3f}, {sum(self.examples_per_sec) / len(self.examples_per_sec):.0f} "
+                f"examples/sec on {self.device}")
+
+
+def _autocast(dev: torch.device, net) -> contextlib.AbstractContextManager:
+    """Mixed precision for modules on CUDA (bf16 where supported), nothing elsewhere."""
+    if dev.type == "cuda" and isinstance(net, nn.Module):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def _uses_conv(net) -> bool:
+    return isinstance(net, nn.Module) and any(isinstance(m, nn.Conv2d) for m in net.modules())
+
+
+def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, num_epochs: int,
+                     optimizer, loss: Callable | None = None, device: torch.device | None = None,
+                     plot: bool = True, progress: bool = True) -> History:
+    """Train a classifier with minibatches and return its per-epoch :class:`History`.
+
+    ``net`` is an ``nn.Module`` or any function of the inputs returning logits (from-scratch
+    models); ``optimizer`` is a ``torch.optim`` optimizer or any object with ``zero_grad()`` and
+    ``step()``; ``loss`` returns the mean loss of a batch (default: cross-entropy). On CUDA,
+    modules train in mixed precision, and conv nets in channels-last memory format.
+    """
+    if num_epochs < 1:
+        raise ValueError(f"num_epochs must be at least 1, got {num_epochs}.")
+    loss = loss or nn.CrossEntropyLoss()
+    dev = device or _device_of(net)
+    channels_last = dev.type == "cuda" and _uses_conv(net)
+    if isinstance(net, nn.Module):
+        net.to(dev, memory_format=torch.channels_last) if channels_last else net.to(dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and not torch.cuda.is_bf16_supported())
+    history = History(device=str(dev))
+    live = LivePlot(xlabel="epoch", xlim=[1, num_epochs], ylim=[0, 1]) if plot else None
+    bar = _progress_bar(num_epochs * len(train_iter)) if progress else None
+    for epoch in range(num_epochs):
+        if isinstance(net, nn.Module):
+            net.train()
+        metric = Accumulator(3)  # sum of losses, correct predictions, examples
+        timer = Timer()
+        for X, y in train_iter:
+            X, y = X.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if channels_last:
+                X = X.contiguous(memory_format=torch.channels_last)
+            with _autocast(dev, net):
+                y_hat = net(X)
+                l = loss(y_hat, y)
+            optimizer.zero_grad()
+            scaler.scale(l).backward()
+            scaler.step(optimizer) if scaler.is_enabled() else optimizer.step()
+            scaler.update()
+            metric.add(l.detach() * y.numel(), accuracy(y_hat.detach(), y), y.numel())
+            if bar is not None:
+                bar.update()
+        train_loss, train_acc = metric[0] / metric[2], metric[1] / metric[2]  # reading syncs the device
+        history.examples_per_sec.append(metric[2] / timer.stop())
+        history.train_loss.append(train_loss)
+        history.train_acc.append(train_acc)
+        history.test_acc.append(evaluate_accuracy(net, test_iter, dev))
+        if bar is not None:
+            bar.set_postfix(loss=f"{train_loss:.3f}", test_acc=f"{history.test_acc[-1]:.3f}")
+        if live is not None:
+            live.add(epoch + 1, {"train loss": train_loss, "train acc": train_acc,
+                                 "test acc": history.test_acc[-1]})
+    if bar is not None:
+        bar.close()
+    if live is not None:
+        live.finish()
+    print(history)
+    return history
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="training", unit="batch", leave=False, mininterval=0.5)

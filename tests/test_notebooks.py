@@ -1,0 +1,55 @@
+"""Notebook hygiene: every notebook is valid, clean, and starts with the shared header."""
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from common import notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = notebook.all_notebooks()
+CHAPTERS = sorted(p for p in ROOT.glob("chapter_*") if p.is_dir())
+ids = [p.relative_to(ROOT).as_posix() for p in NOTEBOOKS]
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) > 0
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_valid_nbformat_4_with_python3_kernel(path):
+    nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+    assert nb.nbformat == 4
+    nbformat.validate(nb)
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_header_is_the_shared_template(path):
+    nb = nbformat.read(path, as_version=4)
+    title = nb.cells[0]
+    assert title.cell_type == "markdown" and title.source.startswith("# "), "first cell: '# Title'"
+    assert notebook.badge(path.relative_to(ROOT).as_posix()) in title.source, "Colab badge missing or stale: make headers"
+    assert nb.cells[1].source == notebook.SETUP_SOURCE, "setup cell differs from the template: make headers"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_committed_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        assert cell.execution_count is None, f"cell {i} has an execution count: python -m common.notebook strip"
+        if notebook.CHECK_MARK in cell.source:
+            assert cell.outputs, f"cell {i} is checked by nbval but has no stored output: python -m common.notebook fill"
+        else:
+            assert not cell.outputs, f"cell {i} has outputs: python -m common.notebook strip"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.name for c in CHAPTERS])
+def test_chapter_readme_lists_every_notebook(chapter):
+    readme = chapter / "README.md"
+    assert readme.exists(), f"{chapter.name} has no README.md"
+    text = readme.read_text(encoding="utf-8")
+    for nb in chapter.glob("*.ipynb"):
+        assert nb.name in text, f"{readme} does not list {nb.name}"
