@@ -78,15 +78,17 @@ def apply_header(nb, path: Path) -> None:
 
 
 def clean(nb) -> None:
-    """Drop outputs and execution counts, except the outputs of checked cells."""
+    """Drop outputs and execution counts, except in checked cells (whose count is set to 1)."""
     for cell in nb.cells:
         if cell.cell_type == "code":
-            cell.execution_count = None
-            if CHECK_MARK not in cell.source:
+            checked = CHECK_MARK in cell.source
+            # nbval only compares cells that were run, so checked cells keep a (fixed) count.
+            cell.execution_count = 1 if checked else None
+            if not checked:
                 cell.outputs = []
             for out in cell.outputs:
                 if "execution_count" in out:
-                    out["execution_count"] = None
+                    out["execution_count"] = cell.execution_count
         cell.metadata = {k: v for k, v in cell.metadata.items() if k in ("tags",)}
     nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
                    "language_info": {"name": "python"}}

@@ -144,7 +144,7 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
         net.to(dev, memory_format=torch.channels_last) if channels_last else net.to(dev)
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and not torch.cuda.is_bf16_supported())
     history = History(device=str(dev))
-    live = LivePlot(xlabel="epoch", xlim=[1, num_epochs], ylim=[0, 1]) if plot else None
+    live = LivePlot(xlabel="epoch", xlim=[1, max(num_epochs, 2)], ylim=[0, 1]) if plot else None
     bar = _progress_bar(num_epochs * len(train_iter)) if progress else None
     for epoch in range(num_epochs):
         if isinstance(net, nn.Module):

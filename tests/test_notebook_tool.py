@@ -36,4 +36,4 @@ def test_clean_keeps_only_checked_outputs():
         cell.outputs = [nbformat.v4.new_output("stream", text="1\n")]
     notebook.clean(nb)
     assert nb.cells[1].outputs == [] and nb.cells[2].outputs[0].text == "1\n"
-    assert all(c.execution_count is None for c in nb.cells[1:])
+    assert (nb.cells[1].execution_count, nb.cells[2].execution_count) == (None, 1)

@@ -39,11 +39,12 @@ def test_committed_clean(path):
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
-        assert cell.execution_count is None, f"cell {i} has an execution count: python -m common.notebook strip"
         if notebook.CHECK_MARK in cell.source:
             assert cell.outputs, f"cell {i} is checked by nbval but has no stored output: python -m common.notebook fill"
+            assert cell.execution_count == 1, f"cell {i}: checked cells are stored with count 1: python -m common.notebook strip"
         else:
             assert not cell.outputs, f"cell {i} has outputs: python -m common.notebook strip"
+            assert cell.execution_count is None, f"cell {i} has an execution count: python -m common.notebook strip"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.name for c in CHAPTERS])

@@ -1,0 +1,144 @@
+"""``make bench``: the course's training loop and loader against the d2l package's, in one run.
+
+Both sides train the same models (softmax regression, the one-hidden-layer MLP, d2l's LeNet)
+with the same hyper-parameters, initialisation and data, on this machine, alternating A B A B;
+the table shows medians. Throughput is wall-clock training examples per second of the whole
+training call (data loading, evaluation and plotting included), the same measure for both.
+Test accuracy is evaluated the same way for both, on the whole test set.
+
+Usage: ``python -m common.bench [--epochs N] [--repeats N] [--models softmax,mlp,lenet]``.
+Nothing here is a test: it reports, it never asserts on time.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # a script: figures are drawn but never shown
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+
+from . import config, data, train
+
+LR = {"softmax": 0.1, "mlp": 0.1, "lenet": 0.9}  # d2l's learning rates, batch 256
+BATCH_SIZE = 256
+
+
+def make_model(name: str) -> nn.Module:
+    """The three models, as d2l defines them."""
+    if name == "softmax":
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    if name == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    if name == "lenet":
+        return nn.Sequential(
+            nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2, stride=2),
+            nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(2, stride=2), nn.Flatten(),
+            nn.Linear(400, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10))
+    raise ValueError(f"Unknown model {name!r}: use softmax, mlp or lenet.")
+
+
+def xavier_init(module: nn.Module) -> None:
+    """The initialisation d2l's train_ch6 applies."""
+    if type(module) in (nn.Linear, nn.Conv2d):
+        nn.init.xavier_uniform_(module.weight)
+
+
+@contextlib.contextmanager
+def d2l_working_dir():
+    """d2l reads Fashion-MNIST from ``../data``: point that at the course's verified cache."""
+    data.load_fashion_mnist(BATCH_SIZE, n_train=1, n_test=1, device="cpu")  # fetch + verify + unpack
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "data").symlink_to(data.data_dir(), target_is_directory=True)
+        (Path(tmp) / "work").mkdir()
+        previous = os.getcwd()
+        os.chdir(Path(tmp) / "work")
+        try:
+            yield
+        finally:
+            os.chdir(previous)
+
+
+def run_d2l(d2l, name: str, epochs: int, device: torch.device, test_iter) -> tuple[float, float]:
+    torch.manual_seed(0)
+    net = make_model(name)
+    train_iter, d2l_test_iter = d2l.load_data_fashion_mnist(BATCH_SIZE)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # d2l's Animator prints figure reprs in a script
+        d2l.train_ch6(net, train_iter, d2l_test_iter, epochs, LR[name], device)
+    seconds = time.perf_counter() - start
+    plt.close("all")
+    return epochs * len(train_iter.dataset) / seconds, train.evaluate_accuracy(net, test_iter, device)
+
+
+def run_course(name: str, epochs: int, device: torch.device, train_iter, test_iter) -> tuple[float, float]:
+    torch.manual_seed(0)
+    net = make_model(name)
+    net.apply(xavier_init)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        train.train_classifier(net, train_iter, test_iter, epochs, torch.optim.SGD(net.parameters(), lr=LR[name]),
+                               device=device, progress=False)
+    seconds = time.perf_counter() - start
+    plt.close("all")
+    return epochs * train_iter.num_examples / seconds, train.evaluate_accuracy(net, test_iter, device)
+
+
+def loader_pass(d2l, train_iter) -> tuple[float, float]:
+    """Seconds for one pass over the training set: d2l's DataLoader, then the course's."""
+    d2l_iter, _ = d2l.load_data_fashion_mnist(BATCH_SIZE)
+    start = time.perf_counter()
+    for X, y in d2l_iter:
+        pass
+    d2l_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    for X, y in train_iter:
+        pass
+    return d2l_seconds, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per run (d2l: 10)")
+    parser.add_argument("--repeats", type=int, default=2, help="A B pairs per model; medians are reported")
+    parser.add_argument("--models", default="softmax,mlp,lenet")
+    args = parser.parse_args(argv)
+    import d2l.torch as d2l  # the reference; installed with --no-deps, used only here and in tests
+
+    device = config.device()
+    config.seed_everything(0)
+    train_iter, test_iter = data.load_fashion_mnist(BATCH_SIZE, device=device)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} cores; {args.epochs} epochs, batch {BATCH_SIZE}, {args.repeats} repeats (A B A B)")
+    rows = []
+    with d2l_working_dir():
+        d2l_pass, course_pass = loader_pass(d2l, train_iter)
+        print(f"one pass over the 60,000 training images: d2l DataLoader {d2l_pass:.2f} s, "
+              f"course TensorLoader {course_pass:.3f} s ({d2l_pass / course_pass:.0f}x)")
+        for name in args.models.split(","):
+            results = {"d2l": [], "course": []}
+            for _ in range(args.repeats):
+                results["d2l"].append(run_d2l(d2l, name, args.epochs, device, test_iter))
+                results["course"].append(run_course(name, args.epochs, device, train_iter, test_iter))
+            med = {side: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+                   for side, runs in results.items()}
+            rows.append((name, med["d2l"], med["course"]))
+            print(f"  {name}: d2l {med['d2l'][0]:.0f} ex/s, course {med['course'][0]:.0f} ex/s", flush=True)
+    print(f"\n{'model':<8} {'epochs':>6} {'d2l ex/s':>10} {'course ex/s':>12} {'ratio':>6} "
+          f"{'d2l test acc':>13} {'course test acc':>16}")
+    for name, (d2l_speed, d2l_acc), (course_speed, course_acc) in rows:
+        print(f"{name:<8} {args.epochs:>6} {d2l_speed:>10.0f} {course_speed:>12.0f} {course_speed / d2l_speed:>6.1f} "
+              f"{d2l_acc:>13.3f} {course_acc:>16.3f}")
+
+
+if __name__ == "__main__":
+    main()
