@@ -277,7 +277,8 @@ class TensorLoader:
     """Minibatches of in-memory tensors, made by index slicing (no per-sample Python work).
 
     ``transform``, if given, is applied to the first tensor of each batch (e.g. a resize on the
-    training device). ``len()`` is the number of batches per epoch.
+    training device). ``len()`` is the number of batches per epoch; ``tensors`` holds the whole
+    data and ``num_examples`` its size.
     """
 
     def __init__(self, *tensors: torch.Tensor, batch_size: int, shuffle: bool = False,
