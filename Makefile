@@ -38,7 +38,7 @@ test: install
 		tests $(sort $(dir $(NOTEBOOKS)))
 
 test-unit: install
-	$(PY) -m pytest tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests
 
 # Full mode (the real sizes; meant for a GPU machine): executed copies go to build/book/.
 book: install

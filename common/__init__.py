@@ -2,7 +2,12 @@
 
 Modules (each importable alone): ``config`` (run mode, seeding, device), ``data``
 (download, cache, mirror, dataset loaders), ``plot`` (figures, live training plot),
-``train`` (metrics, evaluation, training loops), ``notebook`` (the shared notebook header).
+``train`` (metrics, evaluation, the classification training loop), ``text`` (tokens,
+vocabularies, sequence minibatches), ``rnn`` (language-model training), ``seq2seq``
+(translation data, masked loss, encoder-decoder training, BLEU), ``attention`` (masked softmax,
+attention modules, positional encoding, heatmaps), ``optim`` (the optimisation chapter's
+experiments), ``detection`` (boxes, anchors, NMS), ``bench`` (``make bench``) and ``notebook``
+(the shared notebook header and notebook tools).
 """
 from .config import all_devices, device, is_smoke, pick, repo_root, seed_everything, setup
 

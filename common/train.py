@@ -145,7 +145,7 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and not torch.cuda.is_bf16_supported())
     history = History(device=str(dev))
     live = LivePlot(xlabel="epoch", xlim=[1, max(num_epochs, 2)], ylim=[0, 1]) if plot else None
-    bar = _progress_bar(num_epochs * len(train_iter)) if progress else None
+    bar = progress_bar(num_epochs * len(train_iter), unit="batch") if progress else None
     for epoch in range(num_epochs):
         if isinstance(net, nn.Module):
             net.train()
@@ -183,7 +183,8 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
     return history
 
 
-def _progress_bar(total: int):
+def progress_bar(total: int, unit: str):
+    """A progress bar for training loops (a widget in Jupyter, text elsewhere); call ``update()``."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="training", unit="batch", leave=False, mininterval=0.5)
+    return tqdm(total=total, desc="training", unit=unit, leave=False, mininterval=0.5)
