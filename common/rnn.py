@@ -156,7 +156,9 @@ def grad_clipping(net, theta: float) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+
 def _device_of(net) -> torch.device:
+    """The device of a model's parameters (modules and from-scratch models alike)."""
     params = parameters_of(net)
     return params[0].device if params else default_device()
 

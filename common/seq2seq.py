@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .config import device as default_device
 from .data import TensorLoader
 from .plot import LivePlot
 from .rnn import grad_clipping
 from .text import Vocab
-from .train import Accumulator, Timer, progress_bar
+from .train import Accumulator, Timer, device_of, progress_bar
 
 RESERVED_TOKENS = ["<pad>", "<bos>", "<eos>"]
 
@@ -326,10 +325,6 @@ class Seq2SeqHistory:
         )
 
 
-def _device_of(net: nn.Module) -> torch.device:
-    param = next(net.parameters(), None)
-    return param.device if param is not None else default_device()
-
 
 def teacher_forcing_inputs(Y: torch.Tensor, bos: int) -> torch.Tensor:
     """Teacher-forcing decoder inputs: ``<bos>``, then the target without its last token."""
@@ -358,7 +353,7 @@ def train_seq2seq(
     """
     if num_epochs < 1:
         raise ValueError(f"num_epochs must be at least 1, got {num_epochs}.")
-    device = device or _device_of(net)
+    device = device or device_of(net)
     net.to(device)
     optimizer = optimizer or torch.optim.Adam(net.parameters(), lr=lr)
     loss = MaskedSoftmaxCELoss()
@@ -411,7 +406,7 @@ def predict_seq2seq(
     ``num_steps`` tokens. Attention weights are collected from ``net.decoder.attention_weights``
     when ``save_attention_weights`` is set (decoders with attention).
     """
-    device = device or _device_of(net)
+    device = device or device_of(net)
     was_training = net.training
     net.eval()
     src_tokens = src_vocab[preprocess_nmt(src_sentence).split()] + [src_vocab["<eos>"]]

@@ -78,7 +78,7 @@ def _eval_mode(net):
 
 def evaluate_accuracy(net: Callable, data_iter: Iterable, device: torch.device | None = None) -> float:
     """Accuracy of ``net`` over all batches of ``data_iter``."""
-    dev = device or _device_of(net)
+    dev = device or device_of(net)
     metric = Accumulator(2)  # correct predictions, examples
     with _eval_mode(net):
         for X, y in data_iter:
@@ -87,7 +87,8 @@ def evaluate_accuracy(net: Callable, data_iter: Iterable, device: torch.device |
     return metric[0] / metric[1]
 
 
-def _device_of(net) -> torch.device:
+def device_of(net) -> torch.device:
+    """The device of a module's parameters; for plain functions, the default device."""
     if isinstance(net, nn.Module):
         param = next(net.parameters(), None)
         if param is not None:
@@ -138,7 +139,7 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
     if num_epochs < 1:
         raise ValueError(f"num_epochs must be at least 1, got {num_epochs}.")
     loss = loss or nn.CrossEntropyLoss()
-    dev = device or _device_of(net)
+    dev = device or device_of(net)
     channels_last = dev.type == "cuda" and _uses_conv(net)
     if isinstance(net, nn.Module):
         net.to(dev, memory_format=torch.channels_last) if channels_last else net.to(dev)

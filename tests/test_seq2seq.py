@@ -11,12 +11,7 @@ from common import seq2seq, text
 TOY = "Go.\tVa !\nHi.\tSalut\u202f!\nI won!\tJ'ai gagné !\nGo.\tBouge !\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_preprocess_nmt_spaces_punctuation_and_nbsp():
