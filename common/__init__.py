@@ -6,8 +6,10 @@ Modules (each importable alone): ``config`` (run mode, seeding, device), ``data`
 vocabularies, sequence minibatches), ``rnn`` (language-model training), ``seq2seq``
 (translation data, masked loss, encoder-decoder training, BLEU), ``attention`` (masked softmax,
 attention modules, positional encoding, heatmaps), ``optim`` (the optimisation chapter's
-experiments), ``detection`` (boxes, anchors, NMS), ``bench`` (``make bench``) and ``notebook``
-(the shared notebook header and notebook tools).
+experiments), ``detection`` (boxes, anchors, NMS), ``vision`` (CIFAR-10, ResNet-18, pretrained
+backbones, transfer-learning data), ``bananas`` (the banana-detection dataset), ``segmentation``
+(Pascal VOC segmentation), ``bench`` (``make bench``) and ``notebook`` (the shared notebook
+header and notebook tools).
 """
 from .config import all_devices, device, is_smoke, pick, repo_root, seed_everything, setup
 

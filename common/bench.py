@@ -2,9 +2,11 @@
 
 Both sides train the same models (softmax regression, the one-hidden-layer MLP, d2l's LeNet)
 with the same hyper-parameters, initialisation and data, on this machine, alternating A B A B;
-the table shows medians. Throughput is wall-clock training examples per second of the whole
-training call (data loading, evaluation and plotting included), the same measure for both.
-Test accuracy is evaluated the same way for both, on the whole test set.
+the table shows medians. Each training run is a fresh Python process, set up as its users run
+it: d2l's side as a plain script, the course's side with ``common.config.keep_freed_memory()``,
+which every notebook's setup cell applies. Throughput is wall-clock training examples per second
+of the whole training call (data loading, evaluation and plotting included), the same measure
+for both. Test accuracy is evaluated the same way for both, on the whole test set.
 
 Usage: ``python -m common.bench [--epochs N] [--repeats N] [--models softmax,mlp,lenet]``.
 Nothing here is a test: it reports, it never asserts on time.
@@ -14,8 +16,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -106,33 +111,62 @@ def loader_pass(d2l, train_iter) -> tuple[float, float]:
     return d2l_seconds, time.perf_counter() - start
 
 
+def run_one(side: str, name: str, epochs: int) -> tuple[float, float]:
+    """One training run in a fresh process: ``(examples per second, test accuracy)``."""
+    command = [sys.executable, "-m", "common.bench", "--run", side, "--models", name, "--epochs", str(epochs)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=config.repo_root())
+    if result.returncode != 0:
+        raise RuntimeError(f"the {side} run of {name} failed:\n{result.stderr[-2000:]}")
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    return measured["examples_per_sec"], measured["test_acc"]
+
+
+def run_here(side: str, name: str, epochs: int) -> None:
+    """The body of one run (``--run``): train, then print the measurement as a JSON line."""
+    import d2l.torch as d2l  # the reference; installed with --no-deps, used only here and in tests
+
+    device = config.device()
+    if side == "course":
+        config.keep_freed_memory()  # as common.setup() does in every notebook
+    train_iter, test_iter = data.load_fashion_mnist(BATCH_SIZE, device=device)
+    with d2l_working_dir():
+        if side == "d2l":
+            speed, acc = run_d2l(d2l, name, epochs, device, test_iter)
+        else:
+            speed, acc = run_course(name, epochs, device, train_iter, test_iter)
+    print(json.dumps({"examples_per_sec": speed, "test_acc": acc}))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10, help="epochs per run (d2l: 10)")
     parser.add_argument("--repeats", type=int, default=2, help="A B pairs per model; medians are reported")
     parser.add_argument("--models", default="softmax,mlp,lenet")
+    parser.add_argument("--run", choices=["d2l", "course"], help=argparse.SUPPRESS)  # one run, in a child process
     args = parser.parse_args(argv)
-    import d2l.torch as d2l  # the reference; installed with --no-deps, used only here and in tests
+    if args.run:
+        return run_here(args.run, args.models, args.epochs)
+    import d2l.torch as d2l
 
     device = config.device()
     config.seed_everything(0)
     train_iter, test_iter = data.load_fashion_mnist(BATCH_SIZE, device=device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cores; {args.epochs} epochs, batch {BATCH_SIZE}, {args.repeats} repeats (A B A B)")
-    rows = []
     with d2l_working_dir():
         d2l_pass, course_pass = loader_pass(d2l, train_iter)
-        print(f"one pass over the 60,000 training images: d2l DataLoader {d2l_pass:.2f} s, "
-              f"course TensorLoader {course_pass:.3f} s ({d2l_pass / course_pass:.0f}x)")
-        for name in args.models.split(","):
-            results = {"d2l": [], "course": []}
-            for _ in range(args.repeats):
-                results["d2l"].append(run_d2l(d2l, name, args.epochs, device, test_iter))
-                results["course"].append(run_course(name, args.epochs, device, train_iter, test_iter))
-            med = {side: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
-                   for side, runs in results.items()}
-            rows.append((name, med["d2l"], med["course"]))
-            print(f"  {name}: d2l {med['d2l'][0]:.0f} ex/s, course {med['course'][0]:.0f} ex/s", flush=True)
+    print(f"one pass over the 60,000 training images: d2l DataLoader {d2l_pass:.2f} s, "
+          f"course TensorLoader {course_pass:.3f} s ({d2l_pass / course_pass:.0f}x)")
+    rows = []
+    for name in args.models.split(","):
+        results = {"d2l": [], "course": []}
+        for _ in range(args.repeats):
+            for side in results:
+                results[side].append(run_one(side, name, args.epochs))
+        med = {side: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+               for side, runs in results.items()}
+        rows.append((name, med["d2l"], med["course"]))
+        print(f"  {name}: d2l {med['d2l'][0]:.0f} ex/s, course {med['course'][0]:.0f} ex/s", flush=True)
     print(f"\n{'model':<8} {'epochs':>6} {'d2l ex/s':>10} {'course ex/s':>12} {'ratio':>6} "
           f"{'d2l test acc':>13} {'course test acc':>16}")
     for name, (d2l_speed, d2l_acc), (course_speed, course_acc) in rows:

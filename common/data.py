@@ -1,6 +1,6 @@
 """Datasets: a registry of resources, a verified cache, an offline mirror, and loaders.
 
-Every file the course uses is a :class:`Resource` with an upstream URL and a SHA-1. A file is
+Every file the course uses is a :class:`Resource` with an upstream URL and a checksum. A file is
 looked for, in order, in the cache (``COURSE_DATA``), then in a local mirror directory
 (``COURSE_DATA_MIRROR``, same relative paths as the cache), then downloaded. Whatever the
 source, its checksum is verified on every use, and files only appear in the cache complete:
@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import shutil
+import struct
 import tarfile
 import tempfile
 import urllib.error
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -34,6 +36,7 @@ D2L_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"
 D2L_IMG_URL = "https://raw.githubusercontent.com/d2l-ai/d2l-en/23d7a5aecceee57d1292c56e90cce307f183bb0a/img/"
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+TORCHVISION_WEIGHTS_URL = "https://download.pytorch.org/models/"
 
 
 class DataUnavailableError(RuntimeError):
@@ -44,17 +47,37 @@ class DataUnavailableError(RuntimeError):
 class Resource:
     """One file of the course's data.
 
-    ``path`` is where the file lives below the cache (and the mirror); ``sha1`` is its checksum.
-    When ``archive_member`` is set, ``url`` points to an archive (checksum ``archive_sha1``) and
-    the resource is the member of that archive named ``archive_member``.
+    ``path`` is where the file lives below the cache (and the mirror); ``checksum`` is its hex
+    digest with ``algorithm`` (any name ``hashlib`` knows). A checksum shorter than a full digest
+    is a prefix: torchvision publishes only the first 8 hex digits of its weight files' SHA-256.
+    When ``archive_member`` is set, ``url`` points to an archive (SHA-1 ``archive_sha1``) and the
+    resource is the member of that archive named ``archive_member``. ``url`` is None for a file
+    that is only distributed through a data mirror (an offline substitute, never upstream data).
     """
 
     name: str
-    url: str
-    sha1: str
+    url: str | None
+    checksum: str
     path: str
     archive_member: str | None = None
     archive_sha1: str | None = None
+    algorithm: str = "sha1"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a dataset came from: the upstream files, or an offline substitute built by a recipe.
+
+    Notebooks print it, and compare their numbers with published ones only when ``upstream``.
+    """
+
+    name: str
+    upstream: bool
+    note: str = ""
+
+    def __str__(self) -> str:
+        kind = "upstream data" if self.upstream else "OFFLINE SUBSTITUTE (not the upstream data)"
+        return f"{self.name} [{kind}]" + (f": {self.note}" if self.note else "")
 
 
 def _d2l(name: str, file: str, sha1: str) -> Resource:
@@ -69,6 +92,12 @@ def _idx(folder: str, base_url: str, file: str, sha1: str) -> Resource:
     return Resource(f"{folder}/{file}", base_url + file, sha1, f"{folder}/raw/{file}")
 
 
+def _weights(file: str) -> Resource:
+    """torchvision's ImageNet weights; the file name ends with the first 8 hex digits of its SHA-256."""
+    return Resource(file.split("-")[0] + "-imagenet", TORCHVISION_WEIGHTS_URL + file, file.split("-")[1][:8],
+                    f"weights/{file}", algorithm="sha256")
+
+
 RESOURCES: dict[str, Resource] = {
     r.name: r
     for r in [
@@ -80,6 +109,13 @@ RESOURCES: dict[str, Resource] = {
         _d2l("banana-detection", "banana-detection.zip", "5de26c8fce5ccdea9f91267273464dc968d20d72"),
         _d2l("voc2012", "VOCtrainval_11-May-2012.tar", "4e443f8a2eca6b1dac8a6c57641b67dd40621a49"),
         _d2l("hotdog", "hotdog.zip", "fba480ffa8aa7e0febbb511d181409f899b9baa5"),
+        Resource("cifar-10-python", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                 "c58f30108f718f92721af3b95e74349a", "cifar-10-python.tar.gz", algorithm="md5"),
+        # A lossy JPEG copy of all 60,000 CIFAR-10 images in image-folder layout; no upstream URL.
+        Resource("cifar-10-jpeg", None, "3c3cb5281bf08b463400684d6958055e444f48ee",
+                 "CIFAR10-jpg/CIFAR-10-images.tar.gz"),
+        _weights("resnet18-f37072fd.pth"),
+        _weights("vgg19-dcbb9e9d.pth"),
         _d2l("cifar10_tiny", "kaggle_cifar10_tiny.zip", "2068874e4b9a9f0fb07ebe0ad2b29754449ccacd"),
         # d2l's fra-eng.zip is verified as an archive, then the sentence file inside it by content.
         Resource("fra-eng", D2L_URL + "fra-eng.zip", "c43f99dce27311d3afd4d3e0716848194cfcc103",
@@ -133,13 +169,18 @@ def resource(name: str) -> Resource:
         raise ValueError(f"Unknown dataset resource {name!r}.{hint} Known: {', '.join(sorted(RESOURCES))}.") from None
 
 
-def sha1_of(path: Path) -> str:
-    """SHA-1 of a file, read in chunks."""
-    digest = hashlib.sha1()
+def digest_of(path: Path, algorithm: str = "sha1") -> str:
+    """Hex digest of a file (SHA-1 unless ``algorithm`` says otherwise), read in chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def is_verified(path: Path, res: Resource) -> bool:
+    """Whether the file at ``path`` has the checksum of ``res`` (a short checksum is a prefix)."""
+    return digest_of(path, res.algorithm).startswith(res.checksum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,18 +193,18 @@ def fetch(name: str) -> Path:
     target = data_dir() / res.path
     problems: list[str] = []
     if target.exists():
-        if sha1_of(target) == res.sha1:
+        if is_verified(target, res):
             return target
-        problems.append(f"the cached file {target} failed its SHA-1 check (corrupt or truncated) and was removed")
+        problems.append(f"the cached file {target} failed its checksum (corrupt or truncated) and was removed")
         target.unlink()
     mirror = mirror_dir()
     if mirror is not None:
         mirrored = mirror / res.path
-        if mirrored.exists() and sha1_of(mirrored) == res.sha1:
-            _atomic_copy(mirrored, target, res.sha1)
+        if mirrored.exists() and is_verified(mirrored, res):
+            _atomic_copy(mirrored, target, res)
             return target
         if mirrored.exists():
-            problems.append(f"the mirror file {mirrored} failed its SHA-1 check")
+            problems.append(f"the mirror file {mirrored} failed its checksum")
             warnings.warn(problems[-1] + "; trying the network", stacklevel=2)
         else:
             problems.append(f"the mirror {mirror} has no {res.path}")
@@ -179,7 +220,7 @@ def _unavailable_message(res: Resource, problems: list[str]) -> str:
     mirror = os.environ.get("COURSE_DATA_MIRROR") or "(not set)"
     return (
         f"Cannot get the data resource {res.name!r} ({res.path}).\n"
-        f"  upstream URL: {res.url}\n"
+        f"  upstream URL: {res.url or '(none: this file is only distributed through a data mirror)'}\n"
         f"  cache dir (COURSE_DATA): {data_dir()}\n"
         f"  COURSE_DATA_MIRROR: {mirror}\n"
         f"  what happened: {'; '.join(problems)}.\n"
@@ -194,39 +235,40 @@ def _temporary_sibling(target: Path) -> Path:
     return Path(name)
 
 
-def _publish(tmp: Path, target: Path, sha1: str, source: str) -> None:
-    """Verify ``tmp`` and atomically rename it to ``target``; remove it if it fails."""
+def _publish(tmp: Path, target: Path, res: Resource, source: str) -> None:
+    """Verify ``tmp`` against ``res`` and atomically rename it to ``target``; remove it if it fails."""
     try:
-        actual = sha1_of(tmp)
-        if actual != sha1:
-            raise ValueError(f"{source} has SHA-1 {actual}, expected {sha1}")
+        if not is_verified(tmp, res):
+            raise ValueError(f"{source} has {res.algorithm} {digest_of(tmp, res.algorithm)}, expected {res.checksum}")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _atomic_copy(source: Path, target: Path, sha1: str) -> None:
+def _atomic_copy(source: Path, target: Path, res: Resource) -> None:
     tmp = _temporary_sibling(target)
     shutil.copyfile(source, tmp)
-    _publish(tmp, target, sha1, str(source))
+    _publish(tmp, target, res, str(source))
 
 
 def _download(res: Resource, target: Path, timeout: float = 60.0) -> None:
     """Stream ``res.url`` to a temporary file, verify it and rename it into place."""
+    if res.url is None:
+        raise ValueError(f"{res.path} has no upstream URL: it is distributed only through a data mirror")
     print(f"Downloading {res.url} ...", flush=True)
     tmp = _temporary_sibling(target)
     try:
         with urllib.request.urlopen(res.url, timeout=timeout) as response, open(tmp, "wb") as out:
             shutil.copyfileobj(response, out, length=1 << 20)
         if res.archive_member is None:
-            _publish(tmp, target, res.sha1, res.url)
+            _publish(tmp, target, res, res.url)
             return
-        if sha1_of(tmp) != res.archive_sha1:
+        if digest_of(tmp) != res.archive_sha1:
             raise ValueError(f"{res.url} does not have the expected SHA-1 {res.archive_sha1}")
         member = _temporary_sibling(target)
         with zipfile.ZipFile(tmp) as archive, archive.open(res.archive_member) as src, open(member, "wb") as dst:
             shutil.copyfileobj(src, dst)
-        _publish(member, target, res.sha1, f"{res.archive_member} in {res.url}")
+        _publish(member, target, res, f"{res.archive_member} in {res.url}")
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -333,31 +375,34 @@ def fashion_mnist_labels(indices) -> list[str]:
     return [FASHION_MNIST_LABELS[int(i)] for i in indices]
 
 
-def _prepare_idx_files(folder: str) -> Path:
-    """Fetch and verify the four gzipped IDX files, and unzip them where torchvision reads them."""
-    for name, res in RESOURCES.items():
-        if name.startswith(folder + "/"):
-            gz = fetch(name)
-            raw = gz.with_suffix("")  # torchvision reads the decompressed files in raw/
-            if not raw.exists():
-                tmp = _temporary_sibling(raw)
-                with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                os.replace(tmp, raw)
-    return data_dir()
+def read_idx(path: Path) -> torch.Tensor:
+    """The uint8 tensor stored in an IDX file (the MNIST format), gzipped or not.
+
+    The format: two zero bytes, a type code (0x08 for unsigned bytes), the number of dimensions
+    n, then n big-endian 32-bit sizes, then the values in row-major order.
+    """
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (header {raw[:4].hex()}).")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    values = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if values.size != math.prod(shape):
+        raise ValueError(f"{path} holds {values.size} values, but its header promises {shape}: truncated?")
+    return torch.from_numpy(values.copy()).reshape(shape)
 
 
 def _read_mnist_like(dataset_name: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, 28, 28) as floats in [0, 1] and labels (N,) as int64."""
-    import torchvision
-
     if dataset_name not in ("FashionMNIST", "MNIST"):
         raise ValueError(f"Unknown dataset {dataset_name!r}: use 'FashionMNIST' or 'MNIST'.")
-    root = _prepare_idx_files(dataset_name)
-    dataset_class = getattr(torchvision.datasets, dataset_name)
-    ds = dataset_class(root=str(root), train=train, download=False)
-    images = ds.data.unsqueeze(1).float().div_(255)
-    return images, ds.targets.long()
+    prefix = "train" if train else "t10k"
+    images = read_idx(fetch(f"{dataset_name}/{prefix}-images-idx3-ubyte.gz"))
+    labels = read_idx(fetch(f"{dataset_name}/{prefix}-labels-idx1-ubyte.gz"))
+    if len(images) != len(labels):
+        raise ValueError(f"{dataset_name}: {len(images)} images but {len(labels)} labels.")
+    return images.unsqueeze(1).float().div_(255), labels.long()
 
 
 def resize_images(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """The data layer: cache, mirror, verified downloads from a local HTTP server, loaders."""
+import gzip
 import hashlib
 import io
 import os
@@ -41,7 +42,7 @@ def test_download_is_verified_and_cached(isolated_data, served_resource):
 def test_checksum_mismatch_of_download_leaves_nothing(isolated_data, served_resource, monkeypatch):
     res, _, _ = served_resource
     monkeypatch.setitem(data.RESOURCES, "demo", data.Resource("demo", res.url, "0" * 40, res.path))
-    with pytest.raises(data.DataUnavailableError, match="SHA-1"):
+    with pytest.raises(data.DataUnavailableError, match="sha1 [0-9a-f]+, expected"):
         data.fetch("demo")
     assert not (isolated_data / res.path).exists()
     assert not leftovers(isolated_data)
@@ -71,7 +72,7 @@ def test_corrupt_mirror_file_falls_back_to_download(isolated_data, served_resour
     (mirror / "sub").mkdir(parents=True)
     (mirror / "sub" / "demo.txt").write_bytes(b"not the right bytes")
     monkeypatch.setenv("COURSE_DATA_MIRROR", str(mirror))
-    with pytest.warns(UserWarning, match="failed its SHA-1 check"):
+    with pytest.warns(UserWarning, match="failed its checksum"):
         assert data.fetch("demo").read_bytes() == content
     assert (mirror / "sub" / "demo.txt").read_bytes() == b"not the right bytes"  # mirror untouched
 
@@ -92,7 +93,7 @@ def test_unavailable_resource_gives_one_clear_error(isolated_data, monkeypatch, 
 def test_fashion_mnist_offline_without_mirror_fails_clearly(isolated_data, monkeypatch):
     for name, res in list(data.RESOURCES.items()):
         if name.startswith("FashionMNIST/"):
-            monkeypatch.setitem(data.RESOURCES, name, data.Resource(name, "http://127.0.0.1:9/x.gz", res.sha1, res.path))
+            monkeypatch.setitem(data.RESOURCES, name, data.Resource(name, "http://127.0.0.1:9/x.gz", res.checksum, res.path))
     with pytest.raises(data.DataUnavailableError, match="FashionMNIST"):
         data.load_fashion_mnist(32)
 
@@ -187,3 +188,43 @@ def test_fashion_mnist_resize(mirror_or_skip):
     _, test_iter = data.load_fashion_mnist(50, resize=32, n_train=10, n_test=50, device="cpu")
     X, _ = next(iter(test_iter))
     assert X.shape == (50, 1, 32, 32)
+
+
+def test_other_algorithms_and_checksum_prefixes(tmp_path):
+    file = tmp_path / "weights.pth"
+    file.write_bytes(b"weights")
+    sha256 = hashlib.sha256(b"weights").hexdigest()
+    assert data.is_verified(file, data.Resource("w", None, sha256[:8], "w.pth", algorithm="sha256"))
+    assert data.is_verified(file, data.Resource("w", None, hashlib.md5(b"weights").hexdigest(), "w.pth", algorithm="md5"))
+    assert not data.is_verified(file, data.Resource("w", None, "0" * 8, "w.pth", algorithm="sha256"))
+
+
+def test_mirror_only_resource_without_mirror_says_so(isolated_data, monkeypatch):
+    monkeypatch.setitem(data.RESOURCES, "only", data.Resource("only", None, "0" * 40, "only/file.bin"))
+    with pytest.raises(data.DataUnavailableError, match="only distributed through a data mirror"):
+        data.fetch("only")
+
+
+def idx_bytes(values: bytes, shape: tuple[int, ...], type_code: int = 0x08) -> bytes:
+    return b"\0\0" + bytes([type_code, len(shape)]) + b"".join(n.to_bytes(4, "big") for n in shape) + values
+
+
+def test_read_idx_plain_and_gzipped(tmp_path):
+    values = bytes(range(24))
+    (tmp_path / "a.idx").write_bytes(idx_bytes(values, (2, 3, 4)))
+    (tmp_path / "a.idx.gz").write_bytes(gzip.compress(idx_bytes(values, (2, 3, 4))))
+    for name in ("a.idx", "a.idx.gz"):
+        tensor = data.read_idx(tmp_path / name)
+        assert tensor.shape == (2, 3, 4) and tensor.dtype == torch.uint8
+        assert tensor.flatten().tolist() == list(range(24))
+
+
+@pytest.mark.parametrize("content, message", [
+    (idx_bytes(bytes(10), (2, 3, 4)), "truncated"),
+    (idx_bytes(bytes(24), (2, 3, 4), type_code=0x0D), "not an IDX file"),
+    (b"PK\x03\x04", "not an IDX file"),
+], ids=["truncated", "float-type", "zip"])
+def test_read_idx_refuses_bad_files(tmp_path, content, message):
+    (tmp_path / "bad.idx").write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        data.read_idx(tmp_path / "bad.idx")
