@@ -255,11 +255,16 @@ def _download(res: Resource, target: Path, timeout: float = 60.0) -> None:
     """Stream ``res.url`` to a temporary file, verify it and rename it into place."""
     if res.url is None:
         raise ValueError(f"{res.path} has no upstream URL: it is distributed only through a data mirror")
-    print(f"Downloading {res.url} ...", flush=True)
+    print(f"Downloading {res.url} ...", end=" ", flush=True)
     tmp = _temporary_sibling(target)
     try:
-        with urllib.request.urlopen(res.url, timeout=timeout) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out, length=1 << 20)
+        try:
+            with urllib.request.urlopen(res.url, timeout=timeout) as response, open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out, length=1 << 20)
+        except (urllib.error.URLError, OSError) as err:
+            print(f"failed ({getattr(err, 'reason', err)})", flush=True)
+            raise
+        print("done", flush=True)
         if res.archive_member is None:
             _publish(tmp, target, res, res.url)
             return

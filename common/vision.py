@@ -102,6 +102,12 @@ def read_cifar10_jpeg(archive: Path, per_class: dict[bool, int | None]) -> dict[
     return result
 
 
+CIFAR10_UPSTREAM = DataSource("CIFAR-10 (torchvision's cifar-10-python.tar.gz)", upstream=True)
+CIFAR10_JPEG = DataSource("CIFAR-10 JPEG copy", upstream=False,
+                          note="the same images re-encoded as JPEG (quality 75): lossy pixels, so numbers "
+                               "are not comparable with published CIFAR-10 results")
+
+
 def load_cifar10_images(n_train_per_class: int | None = None, n_test_per_class: int | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, DataSource]:
     """CIFAR-10 as ``(train_images, train_labels, test_images, test_labels, source)``.
@@ -113,17 +119,14 @@ def load_cifar10_images(n_train_per_class: int | None = None, n_test_per_class: 
         if n is not None and n < 1:
             raise ValueError(f"Images per class must be positive (or None for all), got {n}.")
     try:
-        archive, reader = data.fetch("cifar-10-python"), read_cifar10_python
-        source = DataSource("CIFAR-10 (torchvision's cifar-10-python.tar.gz)", upstream=True)
+        archive, reader, source = data.fetch("cifar-10-python"), read_cifar10_python, CIFAR10_UPSTREAM
     except DataUnavailableError as upstream_error:
         try:
             archive, reader = data.fetch("cifar-10-jpeg"), read_cifar10_jpeg
         except DataUnavailableError as mirror_error:
             raise DataUnavailableError(f"{upstream_error}\n\nThe offline substitute is missing too:\n"
                                        f"{mirror_error}") from None
-        source = DataSource("CIFAR-10 JPEG copy", upstream=False,
-                            note="the same images re-encoded as JPEG (quality 75): lossy pixels, so numbers "
-                                 "are not comparable with published CIFAR-10 results")
+        source = CIFAR10_JPEG
     splits = reader(archive, {True: n_train_per_class, False: n_test_per_class})
     return (*splits[True], *splits[False], source)
 
@@ -224,7 +227,7 @@ def backbone_recipe() -> dict:
     return {"width": config.pick(full=64, smoke=16), "per_class": config.pick(full=5000, smoke=500),
             "image_size": config.pick(full=64, smoke=32),  # CIFAR images upsampled (or not) to this size
             "epochs": config.pick(full=30, smoke=4), "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4,
-            "version": 1}
+            "version": 2}
 
 
 def normalize_imagenet(images: torch.Tensor) -> torch.Tensor:
@@ -293,7 +296,9 @@ def course_backbone() -> tuple[ResNet18, DataSource]:
     if path.exists():
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     else:
-        state = _train_course_backbone(recipe).state_dict()
+        with torch.random.fork_rng(devices=[]):  # the same backbone whichever notebook trains it first,
+            torch.manual_seed(0)                  # and the caller's random numbers stay as they were
+            state = _train_course_backbone(recipe).state_dict()
         tmp = data._temporary_sibling(path)
         torch.save(state, tmp)
         os.replace(tmp, path)  # appears complete or not at all
@@ -388,12 +393,17 @@ def kaggle_cifar10_folder(n_train_per_class: int | None = None, n_test_per_class
     shuffled (seeded) so that nothing about a label can be read from the file order. Written once
     under the data cache (keyed by the sizes), to a temporary folder renamed when complete.
     """
+    def paths(source: DataSource) -> tuple[Path, Path]:
+        name = f"kaggle-cifar10-{n_train_per_class or 'all'}-{n_test_per_class or 'all'}-{source.upstream:d}"
+        return data.data_dir() / "composed" / name, data.data_dir() / "composed" / f"{name}-test-labels.csv"
+
+    for source in (CIFAR10_UPSTREAM, CIFAR10_JPEG):
+        folder, answers = paths(source)
+        if answers.exists():  # written last, so its presence means the folder is complete
+            return folder, answers, source
     images, labels, test_images, test_labels, source = load_cifar10_images(n_train_per_class, n_test_per_class)
-    name = f"kaggle-cifar10-{n_train_per_class or 'all'}-{n_test_per_class or 'all'}-{'up' if source.upstream else 'jpeg'}"
-    folder = data.data_dir() / "composed" / name
-    answers = folder.parent / f"{name}-test-labels.csv"
-    if answers.exists():  # written last, so its presence means the folder is complete
-        return folder, answers, source
+    folder, answers = paths(source)
+    name = folder.name
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{name}.", suffix=".part"))
     try:

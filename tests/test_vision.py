@@ -268,3 +268,23 @@ def test_kaggle_layout_withholds_test_labels(isolated_data, monkeypatch):
         pixel = np.asarray(Image.open(folder / "test" / f"{image_id}.png"))[0, 0, 0]
         assert CLASSES[pixel] == label
     assert vision.kaggle_cifar10_folder(3, 3)[0] == folder  # the second call reuses the folder
+
+
+def test_course_backbone_training_is_seeded_and_leaves_the_callers_random_numbers(isolated_data, monkeypatch):
+    draws = []
+
+    def fake_training(recipe):
+        draws.append(torch.rand(3))
+        return vision.ResNet18(num_classes=len(vision.SOURCE_CLASSES), width=recipe["width"])
+
+    monkeypatch.setattr(vision, "_train_course_backbone", fake_training)
+    torch.manual_seed(123)
+    vision.course_backbone()  # trains (cold cache)
+    after_cold = torch.rand(3)
+    torch.manual_seed(123)
+    vision.course_backbone()  # loads (warm cache)
+    assert torch.equal(torch.rand(3), after_cold)
+    torch.manual_seed(7)
+    (isolated_data / "derived").rename(isolated_data / "old")
+    vision.course_backbone()
+    assert torch.equal(draws[0], draws[1])  # the training sees the same random numbers every time
