@@ -46,9 +46,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -336,18 +333,9 @@ def _build_substitute() -> Path:
     folder = _composed_folder()
     if (folder / SPLITS[True] / "label.csv").exists() and (folder / SPLITS[False] / "label.csv").exists():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".part"))
-    try:
+    with data.build_folder(folder) as tmp:
         _write_split(tmp / SPLITS[True], NUM_TRAIN, TRAIN_SEED)
         _write_split(tmp / SPLITS[False], NUM_VAL, VAL_SEED)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not folder.is_dir():  # another process may have finished the same build first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -8,6 +8,7 @@ they are written to a temporary file, verified, then atomically renamed.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import gzip
 import hashlib
@@ -278,36 +279,52 @@ def _download(res: Resource, target: Path, timeout: float = 60.0) -> None:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def build_folder(folder: Path) -> Iterator[Path]:
+    """Build ``folder`` so that it appears complete or not at all.
+
+    Yields an empty temporary folder beside it to fill; when the block ends it is renamed to
+    ``folder``, and when the block fails it is removed. If another process finished the same
+    folder first, that one is kept.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".part"))
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not folder.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def extract(name: str) -> Path:
     """Unpack the zip or tar resource ``name`` next to it and return the unpacked folder.
 
-    The archive is unpacked into a temporary folder that is renamed when complete, so a
-    half-unpacked folder never poses as a whole one.
+    The archive is unpacked with :func:`build_folder`, so a half-unpacked folder never poses as
+    a whole one. An archive holding a single top-level folder is unwrapped.
     """
     archive = fetch(name)
     folder = archive.parent / archive.name.split(".")[0]
     if folder.is_dir():
         return folder
-    tmp = Path(tempfile.mkdtemp(dir=archive.parent, prefix=f".{folder.name}.", suffix=".part"))
-    try:
+    with build_folder(folder) as tmp:
+        unpacked = tmp / ".unpacked"
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as z:
-                z.extractall(tmp)
+                z.extractall(unpacked)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as t:
-                t.extractall(tmp, filter="data")
+                t.extractall(unpacked, filter="data")
         else:
             raise ValueError(f"{archive} is neither a zip nor a tar archive.")
-        # Archives usually hold one top-level folder named like the archive: unwrap it.
-        entries = list(tmp.iterdir())
-        inner = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
-        try:
-            os.replace(inner, folder)
-        except OSError:
-            if not folder.is_dir():  # another process may have finished the same unpacking first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        entries = list(unpacked.iterdir())
+        inner = entries[0] if len(entries) == 1 and entries[0].is_dir() else unpacked
+        for entry in inner.iterdir():
+            entry.rename(tmp / entry.name)
+        shutil.rmtree(unpacked)
     return folder
 
 

@@ -38,9 +38,6 @@ Recipe ``banana-voc-v1``:
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -229,9 +226,7 @@ def build_banana_voc() -> Path:
         return check_voc_layout(root / "VOC2012")
     from .bananas import compose_banana_scenes  # imported here: only the substitute needs it
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.", suffix=".part"))
-    try:
+    with data.build_folder(root) as tmp:
         voc = tmp / "VOC2012"
         for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
             (voc / sub).mkdir(parents=True)
@@ -244,13 +239,6 @@ def build_banana_voc() -> Path:
                 _write_example(voc, image_id, image, label)
             (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
         (voc / "labelmap.txt").write_text("\n".join(SUBSTITUTE_CLASSES) + "\n", encoding="utf-8")
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if not root.is_dir():  # another process may have finished the same build first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return check_voc_layout(root / "VOC2012")
 
 

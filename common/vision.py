@@ -18,9 +18,7 @@ import io
 import os
 import pickle
 import re
-import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -391,37 +389,30 @@ def kaggle_cifar10_folder(n_train_per_class: int | None = None, n_test_per_class
     (``id,label``), ``folder/test/<id>.png`` and ``sampleSubmission.csv``; the test labels are
     withheld from ``folder`` and written to the ``answers`` CSV beside it, for scoring. Ids are
     shuffled (seeded) so that nothing about a label can be read from the file order. Written once
-    under the data cache (keyed by the sizes), to a temporary folder renamed when complete.
+    under the data cache, keyed by the sizes and the source.
     """
-    def paths(source: DataSource) -> tuple[Path, Path]:
-        name = f"kaggle-cifar10-{n_train_per_class or 'all'}-{n_test_per_class or 'all'}-{source.upstream:d}"
-        return data.data_dir() / "composed" / name, data.data_dir() / "composed" / f"{name}-test-labels.csv"
+    def paths(source: DataSource) -> tuple[Path, Path, Path]:
+        root = data.data_dir() / "composed" / (f"kaggle-cifar10-{n_train_per_class or 'all'}-"
+                                               f"{n_test_per_class or 'all'}-{'upstream' if source.upstream else 'jpeg'}")
+        return root, root / "competition", root / "test-labels.csv"
 
     for source in (CIFAR10_UPSTREAM, CIFAR10_JPEG):
-        folder, answers = paths(source)
-        if answers.exists():  # written last, so its presence means the folder is complete
+        root, folder, answers = paths(source)
+        if root.is_dir():
             return folder, answers, source
     images, labels, test_images, test_labels, source = load_cifar10_images(n_train_per_class, n_test_per_class)
-    folder, answers = paths(source)
-    name = folder.name
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{name}.", suffix=".part"))
-    try:
+    root, folder, answers = paths(source)
+    with data.build_folder(root) as tmp:
         rng = np.random.default_rng(0)
         for split, x, y in (("train", images, labels), ("test", test_images, test_labels)):
-            (tmp / split).mkdir()
+            (tmp / "competition" / split).mkdir(parents=True)
             rows = []
             for new_id, i in enumerate(rng.permutation(len(x)), start=1):
-                _save_png(x[i], tmp / split / f"{new_id}.png")
+                _save_png(x[i], tmp / "competition" / split / f"{new_id}.png")
                 rows.append((new_id, CIFAR10_CLASSES[int(y[i])]))
-            _write_csv(tmp / ("trainLabels.csv" if split == "train" else "answers.csv"), ["id", "label"], rows)
-        _write_csv(tmp / "sampleSubmission.csv", ["id", "label"], [(i, "cat") for i in range(1, len(test_images) + 1)])
-        shutil.rmtree(folder, ignore_errors=True)  # a folder left by an interrupted run
-        os.replace(tmp / "answers.csv", answers.with_suffix(".part"))
-        os.replace(tmp, folder)
-        os.replace(answers.with_suffix(".part"), answers)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            _write_csv(tmp / ("competition/trainLabels.csv" if split == "train" else answers.name), ["id", "label"], rows)
+        _write_csv(tmp / "competition" / "sampleSubmission.csv", ["id", "label"],
+                   [(i, "cat") for i in range(1, len(test_images) + 1)])
     return folder, answers, source
 
 

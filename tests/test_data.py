@@ -228,3 +228,15 @@ def test_read_idx_refuses_bad_files(tmp_path, content, message):
     (tmp_path / "bad.idx").write_bytes(content)
     with pytest.raises(ValueError, match=message):
         data.read_idx(tmp_path / "bad.idx")
+
+
+def test_build_folder_appears_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "made"
+    with pytest.raises(RuntimeError):
+        with data.build_folder(target) as tmp:
+            (tmp / "half.txt").write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor the temporary one
+    with data.build_folder(target) as tmp:
+        (tmp / "whole.txt").write_text("whole")
+    assert [p.name for p in tmp_path.iterdir()] == ["made"] and (target / "whole.txt").read_text() == "whole"
