@@ -126,6 +126,25 @@ def _uses_conv(net) -> bool:
     return isinstance(net, nn.Module) and any(isinstance(m, nn.Conv2d) for m in net.modules())
 
 
+class StepEveryBatch:
+    """An optimiser that also advances a learning-rate scheduler after every update.
+
+    ``train_classifier`` only calls ``zero_grad()`` and ``step()``; wrapping the optimiser lets it
+    follow any ``torch.optim.lr_scheduler`` (count the scheduler's periods in batches).
+    """
+
+    def __init__(self, optimizer, scheduler):
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.param_groups = optimizer.param_groups  # read by GradScaler (mixed precision on some GPUs)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.scheduler.step()
+
+
 def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, num_epochs: int,
                      optimizer, loss: Callable | None = None, device: torch.device | None = None,
                      plot: bool = True, progress: bool = True) -> History:

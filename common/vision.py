@@ -237,7 +237,7 @@ def normalize_imagenet(images: torch.Tensor) -> torch.Tensor:
 
 def _train_course_backbone(recipe: dict) -> ResNet18:
     """Train ResNet-18 on the eight source classes (flips and crops, SGD + one-cycle schedule)."""
-    from .train import train_classifier
+    from .train import StepEveryBatch, train_classifier
 
     images, labels, test_images, test_labels, source = load_cifar10_images(recipe["per_class"], 100)
     source_ids = [CIFAR10_CLASSES.index(c) for c in SOURCE_CLASSES]
@@ -267,16 +267,7 @@ def _train_course_backbone(recipe: dict) -> ResNet18:
                                 weight_decay=recipe["weight_decay"], nesterov=True)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe["lr"],
                                                     total_steps=recipe["epochs"] * len(train_iter))
-
-    class StepWithSchedule:  # advance the one-cycle schedule after every optimiser step
-        def zero_grad(self):
-            optimizer.zero_grad()
-
-        def step(self):
-            optimizer.step()
-            scheduler.step()
-
-    train_classifier(net, train_iter, test_iter, recipe["epochs"], StepWithSchedule(), plot=False,
+    train_classifier(net, train_iter, test_iter, recipe["epochs"], StepEveryBatch(optimizer, scheduler), plot=False,
                      progress=False, device=config.device())
     return net.cpu()
 
@@ -392,13 +383,13 @@ def kaggle_cifar10_folder(n_train_per_class: int | None = None, n_test_per_class
     under the data cache, keyed by the sizes and the source.
     """
     def paths(source: DataSource) -> tuple[Path, Path, Path]:
-        root = data.data_dir() / "composed" / (f"kaggle-cifar10-{n_train_per_class or 'all'}-"
+        root = data.data_dir() / "composed" / (f"kaggle-cifar10-v2-{n_train_per_class or 'all'}-"
                                                f"{n_test_per_class or 'all'}-{'upstream' if source.upstream else 'jpeg'}")
         return root, root / "competition", root / "test-labels.csv"
 
     for source in (CIFAR10_UPSTREAM, CIFAR10_JPEG):
         root, folder, answers = paths(source)
-        if root.is_dir():
+        if answers.exists():  # built with build_folder, so complete when present
             return folder, answers, source
     images, labels, test_images, test_labels, source = load_cifar10_images(n_train_per_class, n_test_per_class)
     root, folder, answers = paths(source)
