@@ -1,12 +1,18 @@
 """``make bench``: the course's training loop and loader against the d2l package's, in one run.
 
 Both sides train the same models (softmax regression, the one-hidden-layer MLP, d2l's LeNet)
-with the same hyper-parameters, initialisation and data, on this machine, alternating A B A B;
-the table shows medians. Each training run is a fresh Python process, set up as its users run
+with the same hyper-parameters, initialisation and data, on this machine, taking turns in every
+repeat; the table shows medians. Each training run is a fresh Python process, set up as its users run
 it: d2l's side as a plain script, the course's side with ``common.config.keep_freed_memory()``,
 which every notebook's setup cell applies. Throughput is wall-clock training examples per second
 of the whole training call (data loading, evaluation and plotting included), the same measure
 for both. Test accuracy is evaluated the same way for both, on the whole test set.
+
+A third run per repeat, the bare loop, does only what no training loop can skip (forward, loss,
+backward, optimiser step on the course's in-memory batches, in the course's memory format): it is
+the floor set by PyTorch's kernels on this machine, and ``course / bare`` shows how much the
+course's loop adds on top (metrics, evaluation, plotting). Ratios are medians of per-repeat
+ratios, so that slow drifts of a shared machine cancel out within each repeat.
 
 Usage: ``python -m common.bench [--epochs N] [--repeats N] [--models softmax,mlp,lenet]``.
 Nothing here is a test: it reports, it never asserts on time.
@@ -36,6 +42,7 @@ from . import config, data, train
 
 LR = {"softmax": 0.1, "mlp": 0.1, "lenet": 0.9}  # d2l's learning rates, batch 256
 BATCH_SIZE = 256
+SIDES = ("d2l", "course", "bare")  # the reference, the course's loop, the kernels' floor
 
 
 def make_model(name: str) -> nn.Module:
@@ -98,6 +105,25 @@ def run_course(name: str, epochs: int, device: torch.device, train_iter, test_it
     return epochs * train_iter.num_examples / seconds, train.evaluate_accuracy(net, test_iter, device)
 
 
+def run_bare(name: str, epochs: int, device: torch.device, train_iter, test_iter) -> tuple[float, float]:
+    """The floor: forward, loss, backward and step only, in the memory format the course uses."""
+    torch.manual_seed(0)
+    net = make_model(name)
+    net.apply(xavier_init)
+    memory_format = torch.channels_last if train.uses_channels_last(net, device) else torch.contiguous_format
+    net.to(device, memory_format=memory_format)
+    optimizer, loss = torch.optim.SGD(net.parameters(), lr=LR[name]), nn.CrossEntropyLoss()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for X, y in train_iter:
+            l = loss(net(X.contiguous(memory_format=memory_format)), y)
+            optimizer.zero_grad()
+            l.backward()
+            optimizer.step()
+    seconds = time.perf_counter() - start
+    return epochs * train_iter.num_examples / seconds, train.evaluate_accuracy(net, test_iter, device)
+
+
 def loader_pass(d2l, train_iter) -> tuple[float, float]:
     """Seconds for one pass over the training set: d2l's DataLoader, then the course's."""
     d2l_iter, _ = d2l.load_data_fashion_mnist(BATCH_SIZE)
@@ -126,14 +152,16 @@ def run_here(side: str, name: str, epochs: int) -> None:
     import d2l.torch as d2l  # the reference; installed with --no-deps, used only here and in tests
 
     device = config.device()
-    if side == "course":
+    if side != "d2l":
         config.keep_freed_memory()  # as common.setup() does in every notebook
     train_iter, test_iter = data.load_fashion_mnist(BATCH_SIZE, device=device)
     with d2l_working_dir():
         if side == "d2l":
             speed, acc = run_d2l(d2l, name, epochs, device, test_iter)
-        else:
+        elif side == "course":
             speed, acc = run_course(name, epochs, device, train_iter, test_iter)
+        else:
+            speed, acc = run_bare(name, epochs, device, train_iter, test_iter)
     print(json.dumps({"examples_per_sec": speed, "test_acc": acc}))
 
 
@@ -142,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=10, help="epochs per run (d2l: 10)")
     parser.add_argument("--repeats", type=int, default=2, help="A B pairs per model; medians are reported")
     parser.add_argument("--models", default="softmax,mlp,lenet")
-    parser.add_argument("--run", choices=["d2l", "course"], help=argparse.SUPPRESS)  # one run, in a child process
+    parser.add_argument("--run", choices=SIDES, help=argparse.SUPPRESS)  # one run, in a child process
     args = parser.parse_args(argv)
     if args.run:
         return run_here(args.run, args.models, args.epochs)
@@ -152,27 +180,30 @@ def main(argv: list[str] | None = None) -> None:
     config.seed_everything(0)
     train_iter, test_iter = data.load_fashion_mnist(BATCH_SIZE, device=device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} cores; {args.epochs} epochs, batch {BATCH_SIZE}, {args.repeats} repeats (A B A B)")
+          f"{os.cpu_count()} cores; {args.epochs} epochs, batch {BATCH_SIZE}, {args.repeats} repeats of d2l, course, bare")
     with d2l_working_dir():
         d2l_pass, course_pass = loader_pass(d2l, train_iter)
     print(f"one pass over the 60,000 training images: d2l DataLoader {d2l_pass:.2f} s, "
           f"course TensorLoader {course_pass:.3f} s ({d2l_pass / course_pass:.0f}x)")
     rows = []
     for name in args.models.split(","):
-        results = {"d2l": [], "course": []}
-        for _ in range(args.repeats):
-            for side in results:
-                results[side].append(run_one(side, name, args.epochs))
-        med = {side: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
-               for side, runs in results.items()}
-        rows.append((name, med["d2l"], med["course"]))
-        print(f"  {name}: d2l {med['d2l'][0]:.0f} ex/s, course {med['course'][0]:.0f} ex/s", flush=True)
-    print(f"\n{'model':<8} {'epochs':>6} {'d2l ex/s':>10} {'course ex/s':>12} {'ratio':>6} "
-          f"{'d2l test acc':>13} {'course test acc':>16}")
-    for name, (d2l_speed, d2l_acc), (course_speed, course_acc) in rows:
-        print(f"{name:<8} {args.epochs:>6} {d2l_speed:>10.0f} {course_speed:>12.0f} {course_speed / d2l_speed:>6.1f} "
-              f"{d2l_acc:>13.3f} {course_acc:>16.3f}")
+        runs = [{side: run_one(side, name, args.epochs) for side in SIDES} for _ in range(args.repeats)]
+        rows.append((name, summarize(runs)))
+        print(f"  {name}: " + ", ".join(f"{side} {rows[-1][1][side][0]:.0f} ex/s" for side in SIDES), flush=True)
+    print(f"\n{'model':<8} {'epochs':>6} {'d2l ex/s':>9} {'course ex/s':>12} {'ratio':>6} {'bare ex/s':>10} "
+          f"{'course/bare':>12} {'d2l test acc':>13} {'course test acc':>16}")
+    for name, m in rows:
+        print(f"{name:<8} {args.epochs:>6} {m['d2l'][0]:>9.0f} {m['course'][0]:>12.0f} {m['ratio']:>6.2f} "
+              f"{m['bare'][0]:>10.0f} {m['of_bare']:>12.2f} {m['d2l'][1]:>13.3f} {m['course'][1]:>16.3f}")
 
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians over repeats of each side's (examples/s, test accuracy), and of per-repeat ratios."""
+    summary = {side: (statistics.median(run[side][0] for run in runs), statistics.median(run[side][1] for run in runs))
+               for side in SIDES}
+    summary["ratio"] = statistics.median(run["course"][0] / run["d2l"][0] for run in runs)
+    summary["of_bare"] = statistics.median(run["course"][0] / run["bare"][0] for run in runs)
+    return summary
 
 if __name__ == "__main__":
     main()

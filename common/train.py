@@ -122,8 +122,14 @@ def _autocast(dev: torch.device, net) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _uses_conv(net) -> bool:
-    return isinstance(net, nn.Module) and any(isinstance(m, nn.Conv2d) for m in net.modules())
+def uses_channels_last(net, device: torch.device) -> bool:
+    """Whether ``train_classifier`` trains ``net`` in channels-last memory format on ``device``.
+
+    Yes for conv nets on CUDA and the CPU, where cuDNN and oneDNN are faster with it (+16% for
+    LeNet on a 2-core CPU); MPS is left in the default format.
+    """
+    is_conv_net = isinstance(net, nn.Module) and any(isinstance(m, nn.Conv2d) for m in net.modules())
+    return is_conv_net and device.type in ("cuda", "cpu")
 
 
 class StepEveryBatch:
@@ -153,14 +159,14 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
     ``net`` is an ``nn.Module`` or any function of the inputs returning logits (from-scratch
     models); ``optimizer`` is a ``torch.optim`` optimizer or any object with ``zero_grad()`` and
     ``step()``; ``loss`` returns the mean loss of a batch (default: cross-entropy). On CUDA,
-    modules train in mixed precision; conv nets train in channels-last memory format on
-    CUDA device and CPU (oneDNN on the CPU is faster with it too: +16% on LeNet here).
+    modules train in mixed precision; conv nets train in channels-last memory format where
+    :func:`uses_channels_last` says so.
     """
     if num_epochs < 1:
         raise ValueError(f"num_epochs must be at least 1, got {num_epochs}.")
     loss = loss or nn.CrossEntropyLoss()
     dev = device or device_of(net)
-    channels_last = dev.type in ("cuda", "cpu") and _uses_conv(net)
+    channels_last = uses_channels_last(net, dev)
     if isinstance(net, nn.Module):
         net.to(dev, memory_format=torch.channels_last) if channels_last else net.to(dev)
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and not torch.cuda.is_bf16_supported())

@@ -74,3 +74,12 @@ def test_train_classifier_rejects_zero_epochs():
     net = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="num_epochs"):
         train.train_classifier(net, [], [], 0, torch.optim.SGD(net.parameters(), lr=0.1))
+
+
+def test_channels_last_only_for_conv_nets_on_cuda_and_cpu():
+    conv_net, mlp = nn.Sequential(nn.Conv2d(1, 2, 3)), nn.Sequential(nn.Linear(2, 2))
+    assert train.uses_channels_last(conv_net, torch.device("cpu"))
+    assert train.uses_channels_last(conv_net, torch.device("cuda"))
+    assert not train.uses_channels_last(conv_net, torch.device("mps"))
+    assert not train.uses_channels_last(mlp, torch.device("cpu"))
+    assert not train.uses_channels_last(lambda X: X, torch.device("cpu"))  # a from-scratch model
