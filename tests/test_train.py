@@ -83,3 +83,13 @@ def test_channels_last_only_for_conv_nets_on_cuda_and_cpu():
     assert not train.uses_channels_last(conv_net, torch.device("mps"))
     assert not train.uses_channels_last(mlp, torch.device("cpu"))
     assert not train.uses_channels_last(lambda X: X, torch.device("cpu"))  # a from-scratch model
+
+
+def test_init_cnn_draws_he_weights_and_zero_biases():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Linear(1000, 500), nn.Linear(4, 2, bias=False))
+    net.apply(train.init_cnn)
+    conv, linear = net[0], net[2]
+    assert conv.weight.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.05)
+    assert linear.weight.std().item() == pytest.approx((2 / 1000) ** 0.5, rel=0.05)
+    assert conv.bias.abs().sum() == 0 and linear.bias.abs().sum() == 0
