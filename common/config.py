@@ -67,8 +67,9 @@ def keep_freed_memory() -> bool:
     """On Linux with glibc, let the process reuse freed memory instead of returning it to the OS.
 
     Training allocates and frees the same large activation buffers in every minibatch. By
-    default glibc serves each from fresh pages (mmap) and gives them back on free, so every batch
-    pays hundreds of thousands of page faults: about a third of LeNet's CPU time on a laptop CPU.
+    default glibc often serves them from fresh pages (mmap, or a heap top it trims on free) and
+    gives them back, so the batches pay page faults: 3 million in two LeNet epochs on the
+    2-core CI machine, about a third of the CPU time.
     Raising the mmap and trim thresholds to 1 GiB makes freed buffers reusable. Returns whether
     the setting was applied (False on other systems, where nothing changes).
     """

@@ -45,14 +45,21 @@ def test_repo_root_is_the_checkout():
     assert root is not None and (root / "common" / "__init__.py").exists()
 
 
+# Buffers of 64 MiB: above glibc's 32 MiB ceiling for its adaptive mmap threshold, so by default
+# every one is mapped fresh and faulted in page by page. (Smaller buffers make the default case
+# depend on the allocation history: glibc sometimes keeps them, sometimes not.) Faults are
+# counted after a warm-up, when a process that keeps freed memory has nothing left to fault in.
 FAULT_COUNTER = """
 import resource, sys, torch
 from common import config
 applied = config.keep_freed_memory() if sys.argv[1] == "keep" else False
-x = torch.randn(256, 6, 28, 28)  # LeNet's first activation for a batch of 256: 4.8 MB
+x = torch.randn(16 * 2**20)
+def work(steps):
+    for _ in range(steps):
+        y = torch.sigmoid(x) * 2  # fresh buffers, freed at the next step
+work(3)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(50):
-    y = torch.sigmoid(x) * 2  # fresh buffers, freed at the next iteration
+work(10)
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
