@@ -87,6 +87,29 @@ def evaluate_accuracy(net: Callable, data_iter: Iterable, device: torch.device |
     return metric[0] / metric[1]
 
 
+class SGD:
+    """Minibatch SGD from scratch, with the two methods of a ``torch.optim`` optimiser.
+
+    One step is ``p -= lr * p.grad`` for every parameter (the loss must be a mean over the
+    minibatch). The softmax-regression-from-scratch notebook derives it and checks it.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float):
+        self.params, self.lr = list(params), lr
+        if not self.params:
+            raise ValueError("SGD got an empty parameter list: pass the tensors to train.")
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p in self.params:
+            if p.grad is not None:  # like torch.optim: a parameter without a gradient stays put
+                p -= self.lr * p.grad
+
+
 def init_cnn(module: nn.Module) -> None:
     """He initialisation of conv and linear layers (for ReLU networks), zero biases.
 

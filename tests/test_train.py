@@ -93,3 +93,22 @@ def test_init_cnn_draws_he_weights_and_zero_biases():
     assert conv.weight.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.05)
     assert linear.weight.std().item() == pytest.approx((2 / 1000) ** 0.5, rel=0.05)
     assert conv.bias.abs().sum() == 0 and linear.bias.abs().sum() == 0
+
+
+def test_scratch_sgd_takes_the_same_steps_as_torch_optim_sgd():
+    torch.manual_seed(0)
+    X, y = blobs()
+    ours, theirs = nn.Linear(2, 2), nn.Linear(2, 2)
+    theirs.load_state_dict(ours.state_dict())
+    frozen = torch.zeros(3, requires_grad=True)  # never used: no gradient, must not move
+    for optimizer, net in [(train.SGD([*ours.parameters(), frozen], lr=0.5), ours),
+                           (torch.optim.SGD(theirs.parameters(), lr=0.5), theirs)]:
+        for _ in range(3):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(net(X), y).backward()
+            optimizer.step()
+    torch.testing.assert_close(ours.weight, theirs.weight)
+    torch.testing.assert_close(ours.bias, theirs.bias)
+    assert frozen.abs().sum() == 0
+    with pytest.raises(ValueError, match="empty parameter list"):
+        train.SGD([], lr=0.1)
