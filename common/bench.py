@@ -137,6 +137,16 @@ def loader_pass(d2l, train_iter) -> tuple[float, float]:
     return d2l_seconds, time.perf_counter() - start
 
 
+def import_d2l():
+    """The reference package, installed with ``--no-deps`` (it pins old numpy/pandas)."""
+    try:
+        import d2l.torch as d2l
+    except ImportError as err:
+        raise SystemExit(f"make bench needs the d2l package as its reference ({err}). "
+                         "Install it with `make install`, or `pip install --no-deps d2l==1.0.3`.") from err
+    return d2l
+
+
 def run_one(side: str, name: str, epochs: int) -> tuple[float, float]:
     """One training run in a fresh process: ``(examples per second, test accuracy)``."""
     command = [sys.executable, "-m", "common.bench", "--run", side, "--models", name, "--epochs", str(epochs)]
@@ -149,15 +159,13 @@ def run_one(side: str, name: str, epochs: int) -> tuple[float, float]:
 
 def run_here(side: str, name: str, epochs: int) -> None:
     """The body of one run (``--run``): train, then print the measurement as a JSON line."""
-    import d2l.torch as d2l  # the reference; installed with --no-deps, used only here and in tests
-
     device = config.device()
     if side != "d2l":
         config.keep_freed_memory()  # as common.setup() does in every notebook
     train_iter, test_iter = data.load_fashion_mnist(BATCH_SIZE, device=device)
     with d2l_working_dir():
         if side == "d2l":
-            speed, acc = run_d2l(d2l, name, epochs, device, test_iter)
+            speed, acc = run_d2l(import_d2l(), name, epochs, device, test_iter)
         elif side == "course":
             speed, acc = run_course(name, epochs, device, train_iter, test_iter)
         else:
@@ -174,8 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.run:
         return run_here(args.run, args.models, args.epochs)
-    import d2l.torch as d2l
-
+    d2l = import_d2l()
     device = config.device()
     config.seed_everything(0)
     train_iter, test_iter = data.load_fashion_mnist(BATCH_SIZE, device=device)
