@@ -2,9 +2,9 @@
 
 Both sides train the same models (softmax regression, the one-hidden-layer MLP, d2l's LeNet)
 with the same hyper-parameters, initialisation and data, on this machine, taking turns in every
-repeat; the table shows medians. Each training run is a fresh Python process, set up as its users run
-it: d2l's side as a plain script, the course's side with ``common.config.keep_freed_memory()``,
-which every notebook's setup cell applies. Throughput is wall-clock training examples per second
+repeat; the table shows medians. Each training run is a fresh Python process, set up as its
+users run it: d2l's side as a plain script, the course's side with
+``common.config.keep_freed_memory()``, which every notebook's setup cell applies. Throughput is wall-clock training examples per second
 of the whole training call (data loading, evaluation and plotting included), the same measure
 for both. Test accuracy is evaluated the same way for both, on the whole test set.
 
@@ -176,7 +176,7 @@ def run_here(side: str, name: str, epochs: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10, help="epochs per run (d2l: 10)")
-    parser.add_argument("--repeats", type=int, default=2, help="A B pairs per model; medians are reported")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each side (d2l, course, bare) per model; medians are reported")
     parser.add_argument("--models", default="softmax,mlp,lenet")
     parser.add_argument("--run", choices=SIDES, help=argparse.SUPPRESS)  # one run, in a child process
     args = parser.parse_args(argv)
@@ -211,6 +211,7 @@ def summarize(runs: list[dict]) -> dict:
     summary["ratio"] = statistics.median(run["course"][0] / run["d2l"][0] for run in runs)
     summary["of_bare"] = statistics.median(run["course"][0] / run["bare"][0] for run in runs)
     return summary
+
 
 if __name__ == "__main__":
     main()
