@@ -14,7 +14,8 @@ the floor set by PyTorch's kernels on this machine, and ``course / bare`` shows 
 course's loop adds on top (metrics, evaluation, plotting). Ratios are medians of per-repeat
 ratios, so that slow drifts of a shared machine cancel out within each repeat.
 
-Usage: ``python -m common.bench [--epochs N] [--repeats N] [--models softmax,mlp,lenet]``.
+Usage: ``python -m common.bench [--epochs N] [--repeats N] [--models softmax,mlp,lenet]``;
+``--profile`` instead shows where the bare loop's time goes, per kind of operator.
 Nothing here is a test: it reports, it never asserts on time.
 """
 from __future__ import annotations
@@ -124,6 +125,42 @@ def run_bare(name: str, epochs: int, device: torch.device, train_iter, test_iter
     return epochs * train_iter.num_examples / seconds, train.evaluate_accuracy(net, test_iter, device)
 
 
+OP_GROUPS = {"convolution": ("conv",), "pooling": ("pool",), "activation": ("sigmoid", "relu"),
+             "linear layers": ("mm", "linear")}
+
+
+def profile_bare(name: str, device: torch.device, batches: int = 100) -> dict[str, float]:
+    """Share of self CPU time per kind of operator over ``batches`` bare training steps (after 20
+    to warm up), from ``torch.profiler``: where the floor's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    train_iter, _ = data.load_fashion_mnist(BATCH_SIZE, device=device)
+    torch.manual_seed(0)
+    net = make_model(name)
+    net.apply(xavier_init)
+    memory_format = torch.channels_last if train.uses_channels_last(net, device) else torch.contiguous_format
+    net.to(device, memory_format=memory_format)
+    optimizer, loss = torch.optim.SGD(net.parameters(), lr=LR[name]), nn.CrossEntropyLoss()
+
+    def steps(n):
+        for _, (X, y) in zip(range(n), train_iter):
+            l = loss(net(X.contiguous(memory_format=memory_format)), y)
+            optimizer.zero_grad()
+            l.backward()
+            optimizer.step()
+
+    steps(20)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        steps(batches)
+    times = {event.key: event.self_cpu_time_total for event in prof.key_averages()}
+    total = sum(times.values())
+    shares = dict.fromkeys([*OP_GROUPS, "other"], 0.0)
+    for key, t in times.items():
+        group = next((g for g, parts in OP_GROUPS.items() if any(part in key.lower() for part in parts)), "other")
+        shares[group] += t / total
+    return shares
+
+
 def loader_pass(d2l, train_iter) -> tuple[float, float]:
     """Seconds for one pass over the training set: d2l's DataLoader, then the course's."""
     d2l_iter, _ = d2l.load_data_fashion_mnist(BATCH_SIZE)
@@ -178,10 +215,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=10, help="epochs per run (d2l: 10)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side (d2l, course, bare) per model; medians are reported")
     parser.add_argument("--models", default="softmax,mlp,lenet")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: where the bare loop's time goes, per kind of operator")
     parser.add_argument("--run", choices=SIDES, help=argparse.SUPPRESS)  # one run, in a child process
     args = parser.parse_args(argv)
     if args.run:
         return run_here(args.run, args.models, args.epochs)
+    if args.profile:
+        config.keep_freed_memory()
+        for name in args.models.split(","):
+            shares = profile_bare(name, config.device())
+            print(f"{name}: " + ", ".join(f"{group} {share:.0%}" for group, share in shares.items()))
+        return None
     d2l = import_d2l()
     device = config.device()
     config.seed_everything(0)

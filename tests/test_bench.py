@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from common import bench, config
 
@@ -32,3 +33,9 @@ def test_one_run_trains_softmax_regression(side):
 def test_unknown_model_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="softmax, mlp or lenet"):
         bench.make_model("resnet")
+
+
+def test_profile_shares_cover_all_the_time():
+    shares = bench.profile_bare("lenet", torch.device("cpu"), batches=3)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["convolution"] > 0.2 and shares["pooling"] > 0  # LeNet's time is mostly its convolutions
