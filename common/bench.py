@@ -200,6 +200,10 @@ def run_here(side: str, name: str, epochs: int) -> None:
     if side != "d2l":
         config.keep_freed_memory()  # as common.setup() does in every notebook
     train_iter, test_iter = data.load_fashion_mnist(BATCH_SIZE, device=device)
+    # A one-off import is not training: the first optimiser built in a process imports
+    # torch._dynamo (1.6 s here), which would land in the timed call of d2l and of the course
+    # (both build theirs inside it) but not in the bare loop's. Pay it here, for every side.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     with d2l_working_dir():
         if side == "d2l":
             speed, acc = run_d2l(import_d2l(), name, epochs, device, test_iter)
