@@ -106,21 +106,32 @@ def run_course(name: str, epochs: int, device: torch.device, train_iter, test_it
     return epochs * train_iter.num_examples / seconds, train.evaluate_accuracy(net, test_iter, device)
 
 
-def run_bare(name: str, epochs: int, device: torch.device, train_iter, test_iter) -> tuple[float, float]:
-    """The floor: forward, loss, backward and step only, in the memory format the course uses."""
+def bare_trainer(name: str, device: torch.device):
+    """The bare loop's model, and its training step on one batch: forward, loss, backward and
+    step only, with the course's initialisation and memory format."""
     torch.manual_seed(0)
     net = make_model(name)
     net.apply(xavier_init)
     memory_format = torch.channels_last if train.uses_channels_last(net, device) else torch.contiguous_format
     net.to(device, memory_format=memory_format)
     optimizer, loss = torch.optim.SGD(net.parameters(), lr=LR[name]), nn.CrossEntropyLoss()
+
+    def step(X: torch.Tensor, y: torch.Tensor) -> None:
+        l = loss(net(X.contiguous(memory_format=memory_format)), y)
+        optimizer.zero_grad()
+        l.backward()
+        optimizer.step()
+
+    return net, step
+
+
+def run_bare(name: str, epochs: int, device: torch.device, train_iter, test_iter) -> tuple[float, float]:
+    """The floor: the same training with nothing but the training steps."""
+    net, step = bare_trainer(name, device)
     start = time.perf_counter()
     for _ in range(epochs):
         for X, y in train_iter:
-            l = loss(net(X.contiguous(memory_format=memory_format)), y)
-            optimizer.zero_grad()
-            l.backward()
-            optimizer.step()
+            step(X, y)
     seconds = time.perf_counter() - start
     return epochs * train_iter.num_examples / seconds, train.evaluate_accuracy(net, test_iter, device)
 
@@ -135,19 +146,11 @@ def profile_bare(name: str, device: torch.device, batches: int = 100) -> dict[st
     from torch.profiler import ProfilerActivity, profile
 
     train_iter, _ = data.load_fashion_mnist(BATCH_SIZE, device=device)
-    torch.manual_seed(0)
-    net = make_model(name)
-    net.apply(xavier_init)
-    memory_format = torch.channels_last if train.uses_channels_last(net, device) else torch.contiguous_format
-    net.to(device, memory_format=memory_format)
-    optimizer, loss = torch.optim.SGD(net.parameters(), lr=LR[name]), nn.CrossEntropyLoss()
+    _, step = bare_trainer(name, device)
 
-    def steps(n):
+    def steps(n: int) -> None:
         for _, (X, y) in zip(range(n), train_iter):
-            l = loss(net(X.contiguous(memory_format=memory_format)), y)
-            optimizer.zero_grad()
-            l.backward()
-            optimizer.step()
+            step(X, y)
 
     steps(20)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
