@@ -46,7 +46,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import data
-from .vision import IMAGENET_MEAN, IMAGENET_STD  # the backbones' input normalisation
+from .vision import IMAGENET_MEAN, IMAGENET_STD, normalize_imagenet  # the backbones' input normalisation
 
 __all__ = [
     "VOC_CLASSES",
@@ -392,8 +392,6 @@ class VOCSegDataset(Dataset):
             raise ValueError(f"crop_size must be (height, width), got {crop_size!r}.")
         _check_crop_size(*crop_size)
         self.crop_size = tuple(crop_size)
-        self.mean = torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).reshape(3, 1, 1)
         images, labels = _read_split(Path(voc_dir), is_train, limit)
         keep = [i for i, img in enumerate(images)
                 if img.shape[1] >= self.crop_size[0] and img.shape[2] >= self.crop_size[1]]
@@ -408,7 +406,7 @@ class VOCSegDataset(Dataset):
 
     def normalize_image(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 (3, H, W) -> float32 normalised with ImageNet's per-channel mean and std."""
-        return (image.float() / 255 - self.mean) / self.std
+        return normalize_imagenet(image.float() / 255)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = voc_rand_crop(self.images[index], self.labels[index], *self.crop_size)
