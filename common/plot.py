@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -96,17 +97,37 @@ def show_images(images, num_rows: int, num_cols: int, titles: Sequence[str] | No
     return axes
 
 
+@dataclass
+class Panel:
+    """One axes of a :class:`LivePlot`: its y label, the curves it shows, its y range and scale.
+
+    ``curves`` names the curves drawn here; a panel with no names takes every curve that no
+    other panel names. ``ylim=None`` autoscales to the data.
+    """
+
+    ylabel: str | None = None
+    curves: Sequence[str] = ()
+    ylim: tuple[float, float] | None = None
+    yscale: str = "linear"
+
+
 class LivePlot:
-    """Curves that grow while a model trains.
+    """Curves that grow while a model trains, in one or several side-by-side panels.
 
     In Jupyter the figure is redrawn in place (one output, no ``<Figure ...>`` lines); anywhere
     else it stays silent until :meth:`finish`. Call ``add(x, {"name": value, ...})`` per point.
+    One panel by default (``ylabel``, ``ylim``, ``yscale``); pass ``panels`` for several, e.g.
+    the loss on its own autoscaled axis beside accuracies in [0, 1].
     """
 
     def __init__(self, xlabel: str = "epoch", ylabel: str | None = None, xlim=None, ylim=None,
-                 yscale: str = "linear", figsize=(3.5, 2.5)):
-        self.fig, self.axes = plt.subplots(figsize=figsize)
-        self.options = dict(xlabel=xlabel, ylabel=ylabel, xlim=xlim, ylim=ylim, yscale=yscale)
+                 yscale: str = "linear", figsize=None, panels: Sequence[Panel] | None = None):
+        self.panels = list(panels) if panels else [Panel(ylabel, (), ylim, yscale)]
+        figsize = figsize or (3.5 * len(self.panels), 2.5)
+        self.fig, axes = plt.subplots(1, len(self.panels), figsize=figsize, squeeze=False)
+        self.all_axes = list(axes[0])
+        self.axes = self.all_axes[0]  # the first (or only) panel
+        self.xlabel, self.xlim = xlabel, xlim
         self.curves: dict[str, tuple[list[float], list[float]]] = {}
         self.handle = None
         self.live = in_notebook() and matplotlib.get_backend().lower().endswith("inline")
@@ -124,12 +145,23 @@ class LivePlot:
             else:
                 self.handle.update(self.fig)
 
+    def _panel_of(self, name: str) -> int:
+        for i, panel in enumerate(self.panels):
+            if name in panel.curves:
+                return i
+        catch_all = [i for i, panel in enumerate(self.panels) if not panel.curves]
+        return catch_all[0] if catch_all else 0
+
     def _draw(self) -> None:
-        self.axes.cla()
+        for ax in self.all_axes:
+            ax.cla()
         for name, (xs, ys) in self.curves.items():
-            self.axes.plot(xs, ys, label=name)
-        set_axes(self.axes, **self.options)
-        self.axes.legend(loc="best")
+            self.all_axes[self._panel_of(name)].plot(xs, ys, label=name)
+        for ax, panel in zip(self.all_axes, self.panels):
+            set_axes(ax, self.xlabel, panel.ylabel, self.xlim, panel.ylim, "linear", panel.yscale)
+            if ax.get_lines():
+                ax.legend(loc="best")
+        self.fig.tight_layout()
 
     def finish(self) -> None:
         """Draw the final state; in Jupyter, close the figure so that it is not shown twice."""

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .config import device as default_device
-from .plot import LivePlot
+from .plot import LivePlot, Panel
+from .progress import ProgressBar
 
 
 class Timer:
@@ -205,7 +206,9 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
         net.to(dev, memory_format=torch.channels_last) if channels_last else net.to(dev)
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and not torch.cuda.is_bf16_supported())
     history = History(device=str(dev))
-    live = LivePlot(xlabel="epoch", xlim=[1, max(num_epochs, 2)], ylim=[0, 1]) if plot else None
+    live = LivePlot(xlabel="epoch", xlim=[1, max(num_epochs, 2)], panels=[
+        Panel("loss", curves=["train loss"]),  # autoscaled: losses start far above 1
+        Panel("accuracy", curves=["train acc", "test acc"], ylim=(0, 1))]) if plot else None
     bar = progress_bar(num_epochs * len(train_iter), unit="batch") if progress else None
     for epoch in range(num_epochs):
         if isinstance(net, nn.Module):
@@ -244,8 +247,6 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
     return history
 
 
-def progress_bar(total: int, unit: str):
-    """A progress bar for training loops (a widget in Jupyter, text elsewhere); call ``update()``."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="training", unit=unit, leave=False, mininterval=0.5)
+def progress_bar(total: int, unit: str) -> ProgressBar:
+    """A one-line progress bar for training loops that leaves a summary behind; call ``update()``."""
+    return ProgressBar(total, unit)

@@ -54,3 +54,37 @@ def test_chapter_readme_lists_every_notebook(chapter):
     text = readme.read_text(encoding="utf-8")
     for nb in chapter.glob("*.ipynb"):
         assert nb.name in text, f"{readme} does not list {nb.name}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_markdown_code_fences_are_closed(path):
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            fences = [line for line in cell.source.splitlines() if line.lstrip().startswith("```")]
+            assert len(fences) % 2 == 0, f"markdown cell {i} has an unclosed code fence: {fences}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_no_markdown_headings_hidden_in_code_cells(path):
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            headings = [line for line in cell.source.splitlines() if line.startswith("# #")]
+            assert not headings, f"code cell {i} holds a markdown heading as a comment: {headings[0]!r}"
+
+
+def test_matplotlib_reprs_in_outputs_are_found():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    root_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root_conftest)
+    matplotlib_reprs = root_conftest.matplotlib_reprs
+
+    outputs = [{"output_type": "execute_result", "data": {"text/plain": "<Axes: xlabel='x'>"}},
+               {"output_type": "stream", "name": "stdout", "text": "loss 0.3\n"},
+               {"output_type": "execute_result", "data": {"text/plain": "[<matplotlib.lines.Line2D at 0x7f>]"}},
+               {"output_type": "display_data", "data": {"text/plain": "<Figure size 350x250 with 1 Axes>"}}]
+    assert len(matplotlib_reprs(outputs)) == 3
+    assert matplotlib_reprs(outputs[1:2]) == []

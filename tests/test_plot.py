@@ -26,3 +26,24 @@ def test_live_plot_is_silent_outside_jupyter(capsys):
     live.finish()
     assert capsys.readouterr().out == ""
     assert len(live.axes.get_lines()) == 1 and list(live.curves["loss"][0]) == [0, 1, 2]
+
+
+def test_live_plot_panels_split_curves_and_autoscale_the_loss():
+    live = plot.LivePlot(xlim=[1, 3], panels=[plot.Panel("loss", curves=["train loss"]),
+                                              plot.Panel("accuracy", curves=["test acc"], ylim=(0, 1))])
+    for epoch in range(1, 4):
+        live.add(epoch, {"train loss": 2.3 / epoch, "test acc": 0.3 * epoch})
+    live.finish()
+    loss_axes, acc_axes = live.all_axes
+    assert [line.get_label() for line in loss_axes.get_lines()] == ["train loss"]
+    assert [line.get_label() for line in acc_axes.get_lines()] == ["test acc"]
+    assert loss_axes.get_ylim()[1] >= 2.3, "a loss above 1 must not be clipped"
+    assert acc_axes.get_ylim() == (0, 1)
+    assert (loss_axes.get_xlabel(), loss_axes.get_ylabel(), acc_axes.get_ylabel()) == ("epoch", "loss", "accuracy")
+
+
+def test_live_plot_unnamed_curves_go_to_the_catch_all_panel():
+    live = plot.LivePlot(panels=[plot.Panel("accuracy", curves=["acc"]), plot.Panel("loss")])
+    live.add(1, {"acc": 0.5, "some loss": 1.5})
+    live.finish()
+    assert [line.get_label() for line in live.all_axes[1].get_lines()] == ["some loss"]
