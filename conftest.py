@@ -41,8 +41,12 @@ def pytest_terminal_summary(terminalreporter):
 
 def matplotlib_reprs(outputs) -> list[str]:
     """The text outputs among ``outputs`` (nbformat dicts) that print a matplotlib object."""
-    texts = [out.get("text", "") if out.get("output_type") == "stream"
-             else out.get("data", {}).get("text/plain", "") for out in outputs]
+    texts = []
+    for out in outputs:
+        if out.get("output_type") == "stream":
+            texts.append(out.get("text", ""))
+        elif not any(mime.startswith("image/") for mime in out.get("data", {})):
+            texts.append(out.get("data", {}).get("text/plain", ""))  # a figure's own fallback text is fine
     return [text for text in texts if MATPLOTLIB_REPR.search(text)]
 
 

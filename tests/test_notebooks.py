@@ -86,5 +86,8 @@ def test_matplotlib_reprs_in_outputs_are_found():
                {"output_type": "stream", "name": "stdout", "text": "loss 0.3\n"},
                {"output_type": "execute_result", "data": {"text/plain": "[<matplotlib.lines.Line2D at 0x7f>]"}},
                {"output_type": "display_data", "data": {"text/plain": "<Figure size 350x250 with 1 Axes>"}}]
+    shown_figure = {"output_type": "display_data",
+                    "data": {"image/svg+xml": "<svg/>", "text/plain": "<Figure size 350x250 with 1 Axes>"}}
     assert len(matplotlib_reprs(outputs)) == 3
     assert matplotlib_reprs(outputs[1:2]) == []
+    assert matplotlib_reprs([shown_figure]) == [], "a displayed figure's fallback text is not shown"
