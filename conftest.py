@@ -1,18 +1,9 @@
-"""Hooks for the notebooks that nbval executes.
+"""Smoke-run report: the wall time of every notebook, written to build/smoke-times.txt.
 
-* Smoke-run report: the wall time of every notebook, written to build/smoke-times.txt. The times
-  are a report, never a test: nothing fails because a notebook was slow.
-* Output hygiene: a cell whose executed output shows the repr of a matplotlib object
-  (``<Figure size ...>``, ``<Axes: ...>``, ``<matplotlib.lines.Line2D ...>``) fails; end the
-  plotting statement with ``;`` or assign its result.
+The times are a report, never a test: nothing fails because a notebook was slow.
 """
-import re
 from collections import defaultdict
 from pathlib import Path
-
-import pytest
-
-MATPLOTLIB_REPR = re.compile(r"^\[?<(Figure|Axes|matplotlib)\b", re.MULTILINE)
 
 _seconds = defaultdict(float)
 
@@ -37,27 +28,3 @@ def pytest_terminal_summary(terminalreporter):
     for line in lines[:10]:
         terminalreporter.write_line(line)
     terminalreporter.write_line(f"{total:8.1f} s  summed over all notebooks")
-
-
-def matplotlib_reprs(outputs) -> list[str]:
-    """The text outputs among ``outputs`` (nbformat dicts) that print a matplotlib object."""
-    texts = []
-    for out in outputs:
-        if out.get("output_type") == "stream":
-            texts.append(out.get("text", ""))
-        elif not any(mime.startswith("image/") for mime in out.get("data", {})):
-            texts.append(out.get("data", {}).get("text/plain", ""))  # a figure's own fallback text is fine
-    return [text for text in texts if MATPLOTLIB_REPR.search(text)]
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    outputs = getattr(item, "test_outputs", None)  # set by nbval's cells once executed
-    if call.when == "call" and report.passed and outputs:
-        found = matplotlib_reprs(outputs)
-        if found:
-            report.outcome = "failed"
-            report.longrepr = (f"{item.nodeid}: the cell prints {found[0].strip()[:80]!r}; end the "
-                               "plotting statement with ';' or assign its result.")

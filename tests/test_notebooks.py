@@ -73,21 +73,3 @@ def test_no_markdown_headings_hidden_in_code_cells(path):
             headings = [line for line in cell.source.splitlines() if line.startswith("# #")]
             assert not headings, f"code cell {i} holds a markdown heading as a comment: {headings[0]!r}"
 
-
-def test_matplotlib_reprs_in_outputs_are_found():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
-    root_conftest = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(root_conftest)
-    matplotlib_reprs = root_conftest.matplotlib_reprs
-
-    outputs = [{"output_type": "execute_result", "data": {"text/plain": "<Axes: xlabel='x'>"}},
-               {"output_type": "stream", "name": "stdout", "text": "loss 0.3\n"},
-               {"output_type": "execute_result", "data": {"text/plain": "[<matplotlib.lines.Line2D at 0x7f>]"}},
-               {"output_type": "display_data", "data": {"text/plain": "<Figure size 350x250 with 1 Axes>"}}]
-    shown_figure = {"output_type": "display_data",
-                    "data": {"image/svg+xml": "<svg/>", "text/plain": "<Figure size 350x250 with 1 Axes>"}}
-    assert len(matplotlib_reprs(outputs)) == 3
-    assert matplotlib_reprs(outputs[1:2]) == []
-    assert matplotlib_reprs([shown_figure]) == [], "a displayed figure's fallback text is not shown"
