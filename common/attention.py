@@ -18,7 +18,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-MASK_VALUE = -1e6  # replaces masked scores: exp(-1e6 - max) is exactly 0 in float32
+from .checks import check_float_tensor
+
+
+def mask_value(dtype: torch.dtype) -> float:
+    """The score that masked positions get: the most negative finite value of ``dtype``.
+
+    Its exponential after softmax's max subtraction is exactly 0, and it stays finite in every
+    floating dtype (d2l's -1e6 is -inf in float16, which turns a fully masked row into NaN).
+    """
+    return torch.finfo(dtype).min
 
 
 def _check_valid_lens(valid_lens: torch.Tensor, batch: int, num_queries: int, num_keys: int) -> torch.Tensor:
@@ -63,10 +72,11 @@ def masked_softmax(X: torch.Tensor, valid_lens: torch.Tensor | None) -> torch.Te
     if not isinstance(X, torch.Tensor) or X.ndim != 3:
         shape = tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__
         raise ValueError(f"X must be scores of shape (batch, num_queries, num_keys), got {shape}.")
+    check_float_tensor("X", X, "scores (batch, num_queries, num_keys)")
     if valid_lens is None:
         return nn.functional.softmax(X, dim=-1)
     mask = valid_lens_to_mask(torch.as_tensor(valid_lens, device=X.device), X.shape[1], X.shape[2], X.shape[0])
-    return nn.functional.softmax(X.masked_fill(~mask, MASK_VALUE), dim=-1)
+    return nn.functional.softmax(X.masked_fill(~mask, mask_value(X.dtype)), dim=-1)
 
 
 def _check_qkv(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, same_qk_size: bool) -> None:

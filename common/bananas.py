@@ -54,7 +54,7 @@ import torch
 from torch.nn import functional as F
 
 from . import data
-from .config import device as default_device
+from .config import resolve_device
 
 __all__ = [
     "RECIPE_VERSION",
@@ -331,9 +331,10 @@ def _write_split(folder: Path, num: int, seed: int) -> None:
 
 def _build_substitute() -> Path:
     folder = _composed_folder()
-    if (folder / SPLITS[True] / "label.csv").exists() and (folder / SPLITS[False] / "label.csv").exists():
+    recipe = f"banana-detection substitute, recipe v{RECIPE_VERSION}, {NUM_TRAIN}/{NUM_VAL} images of {IMAGE_SIZE} px"
+    if data.is_complete(folder, recipe):
         return folder
-    with data.build_folder(folder) as tmp:
+    with data.build_folder(folder, recipe) as tmp:
         _write_split(tmp / SPLITS[True], NUM_TRAIN, TRAIN_SEED)
         _write_split(tmp / SPLITS[False], NUM_VAL, VAL_SEED)
     return folder
@@ -415,22 +416,24 @@ def read_bananas(folder: Path, is_train: bool) -> tuple[torch.Tensor, torch.Tens
 
 
 def load_bananas(batch_size: int, n_train: int | None = None, n_val: int | None = None,
-                 size: int | None = None, device=None
+                 size: int | None = None, device=None, dataset: tuple[Path, data.DataSource] | None = None
                  ) -> tuple[data.TensorLoader, data.TensorLoader, data.DataSource]:
     """Banana detection as in-memory minibatches: ``(train_iter, val_iter, source)``.
 
     Images are float32 in [0, 1], ``(N, 3, size, size)`` (resized once when ``size`` is given; the
     targets ``(N, 1, 5)`` are relative, so they stay as they are). The training set is shuffled;
     ``n_train``/``n_val`` keep the first examples only (smoke mode). Tensors live on ``device``
-    (default: :func:`common.config.device`).
+    (default: :func:`common.config.device`). ``dataset`` is what :func:`banana_folder` returned, if
+    the caller has it already: passing it saves a second search (and, offline, a second failed
+    download attempt).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     for name, value in (("n_train", n_train), ("n_val", n_val), ("size", size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
-    dev = torch.device(device) if device is not None else default_device()
-    folder, source = banana_folder()
+    dev = resolve_device(device)
+    folder, source = dataset if dataset is not None else banana_folder()
     loaders = []
     for is_train, limit in ((True, n_train), (False, n_val)):
         images, targets = _read(folder, is_train, limit)

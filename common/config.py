@@ -20,6 +20,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from .checks import check_int
+
 T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -42,7 +44,8 @@ def pick(full: T, smoke: T) -> T:
 
 
 def seed_everything(seed: int = 0) -> None:
-    """Seed Python, NumPy and PyTorch (all devices) so that runs repeat."""
+    """Seed Python, NumPy and PyTorch (all devices) so that runs repeat; ``seed`` in [0, 2**32 - 1]."""
+    seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)  # NumPy's range
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds CUDA and MPS generators
@@ -55,6 +58,27 @@ def device() -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def resolve_device(value: torch.device | str | None = None) -> torch.device:
+    """The device ``value`` names, checked to exist here; ``None`` gives the best one, :func:`device`."""
+    if value is None:
+        return device()
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Unknown device {value!r}: use 'cpu', 'cuda', 'cuda:0', 'mps' or a torch.device "
+                         f"(or None for the best one here, {device()}).") from None
+    missing = None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        missing = "CUDA, but torch.cuda.is_available() is False here"
+    elif dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        missing = f"GPU {dev.index}, but there are {torch.cuda.device_count()} here (0 to {torch.cuda.device_count() - 1})"
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        missing = "Apple MPS, but torch.backends.mps.is_available() is False here"
+    if missing:
+        raise ValueError(f"device={value!r} asks for {missing}. Pass None (the best device here, {device()}) or 'cpu'.")
+    return dev
 
 
 def all_devices() -> list[torch.device]:

@@ -5,6 +5,11 @@ looked for, in order, in the cache (``COURSE_DATA``), then in a local mirror dir
 (``COURSE_DATA_MIRROR``, same relative paths as the cache), then downloaded. Whatever the
 source, its checksum is verified on every use, and files only appear in the cache complete:
 they are written to a temporary file, verified, then atomically renamed.
+
+Folders (unpacked archives, datasets built by a recipe) appear the same way, complete or not at
+all, with a marker file written last that names what they were built from; a folder without
+that marker is rebuilt. Temporary ``.part`` files and folders carry the host name and process id
+of their writer, so that the ones a killed process left behind are swept away, and only those.
 """
 from __future__ import annotations
 
@@ -14,10 +19,14 @@ import gzip
 import hashlib
 import math
 import os
+import re
+import secrets
 import shutil
+import socket
 import struct
+import sys
 import tarfile
-import tempfile
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -30,8 +39,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .config import device as default_device
-from .config import repo_root
+from .checks import check_int
+from .config import repo_root, resolve_device
 
 D2L_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"
 D2L_IMG_URL = "https://raw.githubusercontent.com/d2l-ai/d2l-en/23d7a5aecceee57d1292c56e90cce307f183bb0a/img/"
@@ -42,6 +51,10 @@ TORCHVISION_WEIGHTS_URL = "https://download.pytorch.org/models/"
 
 class DataUnavailableError(RuntimeError):
     """A resource could not be found in the cache or the mirror, nor downloaded and verified."""
+
+
+class CacheError(RuntimeError):
+    """A path in the data cache (``COURSE_DATA``) is in the way or cannot be written."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,52 @@ RESOURCES: dict[str, Resource] = {
 }
 
 
+
+@dataclass(frozen=True)
+class PackagedFile:
+    """A real dataset that a declared dependency ships inside its wheel (no download needed).
+
+    ``path`` is relative to the installed ``package``; ``sha1`` is checked on every use, so a
+    package release that changed its copy is noticed instead of silently used.
+    """
+
+    name: str
+    package: str
+    path: str
+    sha1: str
+    install: str  # what to pip install when the package is missing
+
+
+# digits.csv.gz is the same file in scikit-learn 1.3.0 (the declared floor) and 1.9.1.
+PACKAGED_FILES: dict[str, PackagedFile] = {
+    "sklearn-digits": PackagedFile("sklearn-digits", "sklearn", "datasets/data/digits.csv.gz",
+                                   "e0cd714d06606e7585101a8fd0314cbd1307e336", "scikit-learn"),
+}
+
+
+def packaged_file(name: str) -> Path:
+    """Path of the verified file ``name`` of :data:`PACKAGED_FILES`, inside its installed package."""
+    import importlib.util
+
+    if name not in PACKAGED_FILES:
+        raise KeyError(f"No packaged data file called {name!r}; known: {', '.join(sorted(PACKAGED_FILES))}.")
+    entry = PACKAGED_FILES[name]
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataUnavailableError(f"{name} ships with the package {entry.package!r}, which is not installed: "
+                                   f"pip install {entry.install} (a dependency of the course).")
+    path = Path(list(spec.submodule_search_locations)[0]) / entry.path
+    if not path.is_file():
+        raise DataUnavailableError(f"{name}: {path} is missing from the installed {entry.package!r}. Reinstall it "
+                                   f"(pip install --force-reinstall {entry.install}).")
+    found = digest_of(path)
+    if found != entry.sha1:
+        raise DataUnavailableError(f"{name}: {path} has SHA-1 {found}, not the registered {entry.sha1}: this "
+                                   f"release of {entry.install} ships a different file. Check it and update "
+                                   "PACKAGED_FILES in common/data.py.")
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 # Where files live
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +205,11 @@ RESOURCES: dict[str, Resource] = {
 def data_dir() -> Path:
     """The cache: ``COURSE_DATA``, else ``data/`` at the root of a checkout, else the user cache."""
     if os.environ.get("COURSE_DATA"):
-        return Path(os.environ["COURSE_DATA"]).expanduser().resolve()
+        path = Path(os.environ["COURSE_DATA"]).expanduser().resolve()
+        if path.exists() and not path.is_dir():
+            raise CacheError(f"COURSE_DATA={os.environ['COURSE_DATA']!r} names {path}, which is a file, not a "
+                             "folder. Set COURSE_DATA to a folder (it is created if missing), or unset it.")
+        return path
     root = repo_root()
     if root is not None:
         return root / "data"
@@ -189,19 +252,24 @@ def is_verified(path: Path, res: Resource) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 def fetch(name: str) -> Path:
-    """Path of the verified file of resource ``name`` in the cache, fetching it if needed."""
+    """Path of the verified file of resource ``name`` in the cache, fetching it if needed.
+
+    A damaged cached file is replaced in one atomic rename, never deleted first, so that
+    processes sharing the cache always find either the old file or the new one.
+    """
     res = resource(name)
     target = data_dir() / res.path
     problems: list[str] = []
-    if target.exists():
-        if is_verified(target, res):
-            return target
-        problems.append(f"the cached file {target} failed its checksum (corrupt or truncated) and was removed")
-        target.unlink()
+    sweep_stale_parts(target.parent)
+    cached = _cached_file_state(target, res)
+    if cached == "verified":
+        return target
+    if cached == "damaged":
+        problems.append(f"the cached file {target} failed its checksum (corrupt or truncated)")
     mirror = mirror_dir()
     if mirror is not None:
         mirrored = mirror / res.path
-        if mirrored.exists() and is_verified(mirrored, res):
+        if mirrored.is_file() and is_verified(mirrored, res):
             _atomic_copy(mirrored, target, res)
             return target
         if mirrored.exists():
@@ -213,8 +281,37 @@ def fetch(name: str) -> Path:
         _download(res, target)
     except (urllib.error.URLError, OSError, ValueError) as err:
         problems.append(f"the download failed: {err}")
+        if cached == "damaged" and _remove_if_damaged(target, res):
+            problems[0] += " and was removed"
         raise DataUnavailableError(_unavailable_message(res, problems)) from None
     return target
+
+
+def _cached_file_state(target: Path, res: Resource) -> str:
+    """``"verified"``, ``"damaged"`` or ``"missing"`` (also when another process just removed it)."""
+    if target.is_dir():
+        raise _cache_error(target, f"is a folder where the file of resource {res.name!r} belongs",
+                           "Move that folder away (or delete it) and run again.")
+    try:
+        return "verified" if is_verified(target, res) else "damaged"
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except PermissionError:
+        raise _cache_error(target, "cannot be read (permission denied)",
+                           "Make it readable (chmod a+r), or set COURSE_DATA to a cache of your own.") from None
+
+
+def _remove_if_damaged(target: Path, res: Resource) -> bool:
+    """Remove ``target`` if it still fails its checksum; whether it is gone (removed by anyone)."""
+    try:
+        if is_verified(target, res):
+            return False  # another process replaced it meanwhile
+        target.unlink()
+    except FileNotFoundError:
+        return True
+    except OSError:  # e.g. a read-only cache: the message then does not claim it was removed
+        return False
+    return True
 
 
 def _unavailable_message(res: Resource, problems: list[str]) -> str:
@@ -229,11 +326,106 @@ def _unavailable_message(res: Resource, problems: list[str]) -> str:
     )
 
 
+def _cache_error(path: Path, what: str, todo: str) -> CacheError:
+    cache = os.environ.get("COURSE_DATA") or f"(not set: the cache is {data_dir()})"
+    return CacheError(f"The data cache cannot be used: {path} {what}.\n"
+                      f"  COURSE_DATA: {cache}\n{todo}")
+
+
+def _make_dirs(folder: Path) -> None:
+    """Create ``folder`` and its parents, or say which path is in the way and why."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise _cache_error(blocker, "is a file where a folder belongs",
+                           "Move that file away (or delete it), or set COURSE_DATA to another folder.") from None
+    except PermissionError:
+        raise _cache_error(folder, "cannot be created (permission denied: a read-only folder?)",
+                           "Set COURSE_DATA to a folder you can write to.") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporary .part files and folders, and sweeping up after killed processes
+# ---------------------------------------------------------------------------------------------
+
+# A .part entry whose writer cannot be checked (another host, Windows, an old name) is stale
+# only after this long; a live process touches its download file much more often than that.
+STALE_PART_AGE_S = 24 * 3600
+_PART_NAME = re.compile(r"\.(?P<host>[A-Za-z0-9-]*)-pid(?P<pid>\d+)\.[0-9a-f]{8}\.part$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
+
+
+def _part_path(target: Path) -> Path:
+    """A fresh name beside ``target``: ``.<name>.<host>-pid<pid>.<random>.part``."""
+    return target.parent / f".{target.name}.{_host()}-pid{os.getpid()}.{secrets.token_hex(4)}.part"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, and belongs to another user
+        return True
+    return True
+
+
+def is_stale_part(entry: Path) -> bool:
+    """Whether ``entry`` is a ``.part`` file or folder that no live process is writing.
+
+    On this host its writer's process id is in the name: stale when that process is gone. Else
+    (another host sharing the cache, Windows, names from older versions) stale by age.
+    """
+    if not (entry.name.startswith(".") and entry.name.endswith(".part")):
+        return False
+    try:
+        age = time.time() - entry.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    match = _PART_NAME.search(entry.name)
+    if match and match["host"] == _host() and os.name == "posix":  # os.kill(pid, 0) kills on Windows
+        return not _process_alive(int(match["pid"])) or age > STALE_PART_AGE_S
+    return age > STALE_PART_AGE_S
+
+
+def sweep_stale_parts(folder: Path) -> list[Path]:
+    """Remove the stale ``.part`` entries in ``folder`` (see :func:`is_stale_part`); return them."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in list(folder.iterdir()):
+            if is_stale_part(entry):
+                _remove(entry)
+                removed.append(entry)
+    return removed
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or folder; fine if it is gone already (another process may be removing it)."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+
+
 def _temporary_sibling(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    os.close(handle)
-    return Path(name)
+    """A new empty ``.part`` file beside ``target`` (mode from the umask, unlike mkstemp's 0600)."""
+    _make_dirs(target.parent)
+    sweep_stale_parts(target.parent)
+    while True:
+        tmp = _part_path(target)
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+        except PermissionError:
+            raise _cache_error(target.parent, "cannot be written (permission denied: a read-only folder?)",
+                               "Set COURSE_DATA to a folder you can write to.") from None
 
 
 def _publish(tmp: Path, target: Path, res: Resource, source: str) -> None:
@@ -252,20 +444,73 @@ def _atomic_copy(source: Path, target: Path, res: Resource) -> None:
     _publish(tmp, target, res, str(source))
 
 
+# ---------------------------------------------------------------------------------------------
+# Downloading, with a one-line progress report
+# ---------------------------------------------------------------------------------------------
+
+LARGE_DOWNLOAD_BYTES = 100 * 2**20
+_told_cache_is_temporary = False
+
+
+def on_colab() -> bool:
+    """True in a Google Colab runtime."""
+    return "COLAB_RELEASE_TAG" in os.environ or "google.colab" in sys.modules
+
+
+def _say_cache_is_temporary(size: int) -> None:
+    """Once per process: on Colab the default cache disappears with the runtime."""
+    global _told_cache_is_temporary
+    if _told_cache_is_temporary or size < LARGE_DOWNLOAD_BYTES or not on_colab() or os.environ.get("COURSE_DATA"):
+        return
+    _told_cache_is_temporary = True
+    print(f"Note: this download ({size / 1e9:.1f} GB) goes to the data cache {data_dir()}, which Colab deletes "
+          "when the runtime ends. To keep the data, mount Google Drive and set COURSE_DATA to a folder on it "
+          "before the download.", flush=True)
+
+
+class _DownloadProgress:
+    """``downloading x: 120 of 1999 MB (6%)`` redrawn in place with a carriage return.
+
+    A carriage return rewrites the line in a terminal and in Jupyter's output alike, so no
+    widget is needed. Redrawn at most every ``interval`` seconds; the last line stays.
+    """
+
+    def __init__(self, label: str, size: int, interval: float = 1.0):
+        self.label, self.size, self.interval = label, size, interval
+        self.done, self.start, self.last = 0, time.perf_counter(), 0.0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            self.last = now
+            of = f" of {self.size / 1e6:.0f} MB ({100 * self.done / self.size:.0f}%)" if self.size else " MB"
+            print(f"\rdownloading {self.label}: {self.done / 1e6:.0f}{of}", end="", flush=True)
+
+    def finish(self, failure: str | None = None) -> None:
+        seconds = time.perf_counter() - self.start
+        end = f"failed ({failure})" if failure else f"{self.done / 1e6:.1f} MB in {seconds:.1f} s"
+        print(f"\rdownloading {self.label}: {end}", flush=True)
+
+
 def _download(res: Resource, target: Path, timeout: float = 60.0) -> None:
     """Stream ``res.url`` to a temporary file, verify it and rename it into place."""
     if res.url is None:
         raise ValueError(f"{res.path} has no upstream URL: it is distributed only through a data mirror")
-    print(f"Downloading {res.url} ...", end=" ", flush=True)
     tmp = _temporary_sibling(target)
+    progress = _DownloadProgress(res.url, 0)
     try:
         try:
             with urllib.request.urlopen(res.url, timeout=timeout) as response, open(tmp, "wb") as out:
-                shutil.copyfileobj(response, out, length=1 << 20)
+                progress.size = int(response.headers.get("Content-Length") or 0)
+                _say_cache_is_temporary(progress.size)
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    out.write(chunk)
+                    progress.add(len(chunk))
         except (urllib.error.URLError, OSError) as err:
-            print(f"failed ({getattr(err, 'reason', err)})", flush=True)
+            progress.finish(failure=str(getattr(err, "reason", err)))
             raise
-        print("done", flush=True)
+        progress.finish()
         if res.archive_member is None:
             _publish(tmp, target, res, res.url)
             return
@@ -279,45 +524,122 @@ def _download(res: Resource, target: Path, timeout: float = 60.0) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# ---------------------------------------------------------------------------------------------
+# Folders that appear complete or not at all: unpacked archives and built datasets
+# ---------------------------------------------------------------------------------------------
+
+COMPLETE_MARKER = ".complete"
+
+
+def is_complete(folder: Path, source: str) -> bool:
+    """Whether ``folder`` was finished by :func:`build_folder` from ``source`` (its marker says so)."""
+    try:
+        return (Path(folder) / COMPLETE_MARKER).read_text(encoding="utf-8") == source + "\n"
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 @contextlib.contextmanager
-def build_folder(folder: Path) -> Iterator[Path]:
+def build_folder(folder: Path, source: str = "") -> Iterator[Path]:
     """Build ``folder`` so that it appears complete or not at all.
 
-    Yields an empty temporary folder beside it to fill; when the block ends it is renamed to
-    ``folder``, and when the block fails it is removed. If another process finished the same
-    folder first, that one is kept.
+    Yields an empty temporary folder beside it to fill. When the block ends, a marker naming
+    ``source`` (what the folder is built from: an archive and its checksum, a recipe and its
+    version) is written into it last, and it is renamed to ``folder``, replacing an incomplete
+    one; use :func:`is_complete` to decide whether to build. When the block fails, it is
+    removed. If another process finished the same folder first, that one is kept.
     """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".part"))
+    folder = Path(folder)
+    _make_dirs(folder.parent)
+    if folder.exists() and not folder.is_dir():
+        raise _cache_error(folder, "is a file where a folder belongs",
+                           "Move that file away (or delete it) and run again.")
+    sweep_stale_parts(folder.parent)
+    tmp = _part_path(folder)
+    try:
+        tmp.mkdir(mode=0o777)  # the umask decides who may read it (mkdtemp would give 0700)
+    except PermissionError:
+        raise _cache_error(folder.parent, "cannot be written (permission denied: a read-only folder?)",
+                           "Set COURSE_DATA to a folder you can write to.") from None
     try:
         yield tmp
+        (tmp / COMPLETE_MARKER).write_text(source + "\n", encoding="utf-8")
+        if is_complete(folder, source):
+            return  # another process finished it first
+        _discard(folder)
         try:
             os.replace(tmp, folder)
         except OSError:
-            if not folder.is_dir():
+            if not is_complete(folder, source):
                 raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
+
+
+def _discard(folder: Path) -> None:
+    """Take an incomplete folder out of the way at once (one rename), then delete it."""
+    aside = _part_path(folder)
+    try:
+        os.replace(folder, aside)
+    except FileNotFoundError:
+        return
+    _remove(aside)
+
+
+def _unpack_tar(archive: Path, destination: Path) -> None:
+    """Unpack a tar archive, refusing members that would land outside ``destination``."""
+    with tarfile.open(archive) as t:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12, 3.11.4, 3.12
+            try:
+                t.extractall(destination, filter="data")
+            except tarfile.FilterError as err:
+                raise ValueError(f"{archive} has an unsafe member ({err}): refusing to unpack it. "
+                                 "Delete the archive and fetch it again from the course's source.") from None
+            return
+        members = t.getmembers()
+        for member in members:
+            _check_tar_member(member, archive)
+        t.extractall(destination, members)
+
+
+def _check_tar_member(member: tarfile.TarInfo, archive: Path) -> None:
+    """The checks of tarfile's "data" filter that matter here, for Pythons that lack it."""
+    def unsafe(name: str) -> bool:
+        return name.startswith(("/", "\\")) or Path(name).is_absolute() or ".." in re.split(r"[/\\]", name)
+
+    why = None
+    if unsafe(member.name):
+        why = "an absolute path or a '..' component"
+    elif (member.issym() or member.islnk()) and unsafe(member.linkname):
+        why = f"a link to {member.linkname!r}, outside the archive"
+    elif member.isdev():
+        why = "a device file"
+    if why:
+        raise ValueError(f"{archive} has an unsafe member {member.name!r} ({why}): refusing to unpack it. "
+                         "Delete the archive and fetch it again from the course's source.")
 
 
 def extract(name: str) -> Path:
     """Unpack the zip or tar resource ``name`` next to it and return the unpacked folder.
 
     The archive is unpacked with :func:`build_folder`, so a half-unpacked folder never poses as
-    a whole one. An archive holding a single top-level folder is unwrapped.
+    a whole one, and an existing folder is reused only when its marker names this archive and
+    checksum (else it is unpacked again). An archive holding a single top-level folder is
+    unwrapped.
     """
     archive = fetch(name)
+    res = resource(name)
     folder = archive.parent / archive.name.split(".")[0]
-    if folder.is_dir():
+    source = f"{archive.name} {res.algorithm} {res.checksum}"
+    if is_complete(folder, source):
         return folder
-    with build_folder(folder) as tmp:
+    with build_folder(folder, source) as tmp:
         unpacked = tmp / ".unpacked"
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as z:
-                z.extractall(unpacked)
+                z.extractall(unpacked)  # zipfile drops absolute paths and '..' itself
         elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as t:
-                t.extractall(unpacked, filter="data")
+            _unpack_tar(archive, unpacked)
         else:
             raise ValueError(f"{archive} is neither a zip nor a tar archive.")
         entries = list(unpacked.iterdir())
@@ -354,8 +676,7 @@ class TensorLoader:
             raise ValueError("TensorLoader got empty tensors: there is nothing to batch.")
         if any(len(t) != n for t in tensors):
             raise ValueError(f"All tensors need the same first dimension, got {[len(t) for t in tensors]}.")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+        batch_size = check_int("batch_size", batch_size, minimum=1)
         self.tensors, self.batch_size, self.shuffle, self.transform = tensors, batch_size, shuffle, transform
 
     @property
@@ -441,13 +762,15 @@ def load_mnist_like(dataset_name: str, batch_size: int, resize: int | None = Non
     ``n_train``/``n_test`` keep the first examples only (smoke mode). ``resize`` is applied once
     to the whole set when the result is small enough, else per batch on the device.
     """
-    dev = torch.device(device) if device is not None else default_device()
+    check_int("batch_size", batch_size, minimum=1)
+    resize = None if resize is None else check_int("resize", resize, minimum=1)
+    n_train = None if n_train is None else check_int("n_train", n_train, minimum=1)
+    n_test = None if n_test is None else check_int("n_test", n_test, minimum=1)
+    dev = resolve_device(device)
     loaders = []
     for train, limit in ((True, n_train), (False, n_test)):
         images, labels = _read_mnist_like(dataset_name, train)
         if limit is not None:
-            if limit < 1:
-                raise ValueError(f"n_train and n_test must be positive, got {limit}.")
             images, labels = images[:limit], labels[:limit]
         images, labels = images.to(dev), labels.to(dev)
         transform = None

@@ -381,6 +381,9 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
             f"{tuple(getattr(scores, 'shape', ())) or type(scores).__name__}."
         )
     iou_threshold = _check_threshold(iou_threshold, "iou_threshold")
+    if torch.isnan(scores).any():  # argsort puts NaN first: the NaN box would be kept, its neighbours dropped
+        raise ValueError(f"scores has NaN at index {torch.isnan(scores).nonzero()[:, 0].tolist()}: every box needs a "
+                         "real score. Look for a NaN loss or input upstream, or drop those boxes first.")
     order = torch.argsort(scores, descending=True)
     keep = []
     while order.numel() > 0:
@@ -408,6 +411,14 @@ def multibox_detection(
     rows ``(class, confidence, x1, y1, x2, y2)``: kept predictions first, by decreasing confidence,
     then the others; class is -1 for suppressed predictions and those with confidence below
     ``pos_threshold``.
+
+    Differences from d2l's ``multibox_detection`` (same classes, order and boxes otherwise):
+
+    * the default ``pos_threshold`` is 0.009; d2l's is 0.009999999 (just under 0.01), so a
+      prediction with confidence in [0.009, 0.009999999) keeps its class here and gets -1 there;
+    * a row below ``pos_threshold`` keeps its confidence (the best non-background probability)
+      here; d2l replaces it by ``1 - confidence``. Rows at or above the threshold, suppressed
+      or not, have the same confidence in both, so select detections by ``class >= 0``.
     """
     anchors = _check_anchors(anchors)
     num_anchors = len(anchors)

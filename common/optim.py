@@ -193,10 +193,11 @@ def least_squares_loss(data_iter: Iterable) -> float:
     batches = list(data_iter)
     if not batches:
         raise ValueError("data_iter yielded no examples.")
-    X = torch.cat([b[0] for b in batches]).double()
-    y = torch.cat([b[1] for b in batches]).double().reshape(-1, 1)
-    X1 = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype, device=X.device)], dim=1)
-    w = torch.linalg.lstsq(X1.cpu(), y.cpu()).solution.to(X.device)
+    # float64 on the CPU: MPS has no float64, and this runs once
+    X = torch.cat([b[0] for b in batches]).cpu().double()
+    y = torch.cat([b[1] for b in batches]).cpu().double().reshape(-1, 1)
+    X1 = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
+    w = torch.linalg.lstsq(X1, y).solution
     return float(((X1 @ w - y) ** 2).mean() / 2)
 
 

@@ -9,6 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .checks import check_int
+
 
 def in_notebook() -> bool:
     """True inside a Jupyter kernel (where figures can be displayed and updated in place)."""
@@ -67,6 +69,7 @@ def plot(X, Y=None, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None,
         Y = [Y]
     if len(X) != len(Y):
         X = X * len(Y)
+    _check_curve_lengths(X, Y)
     if axes is None:
         axes = plt.figure(figsize=figsize).gca()
     axes.cla()
@@ -77,18 +80,36 @@ def plot(X, Y=None, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None,
     return axes
 
 
+def _check_curve_lengths(X, Y) -> None:
+    for i, (x, y) in enumerate(zip(X, Y)):
+        if len(x) and len(x) != len(y):
+            raise ValueError(f"Curve {i}: x has {len(x)} values but y has {len(y)}. Give one x per y value "
+                             "(or only Y, to plot against the index).")
+
+
+def _image_to_show(img, i: int):
+    """A tensor image (C, H, W) or (H, W) as an array imshow takes; other images as they are."""
+    if not isinstance(img, torch.Tensor):
+        return img
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[0] not in (1, 3, 4)):
+        raise ValueError(f"Image {i} has shape {tuple(img.shape)}: show_images takes images (C, H, W) with 1, 3 "
+                         "or 4 channels, or (H, W). Pass a batch (N, C, H, W) itself, not a list of batches; "
+                         "permute channels-last images (H, W, C) with img.permute(2, 0, 1).")
+    img = img.detach().cpu()
+    img = img.permute(1, 2, 0) if img.ndim == 3 else img
+    img = img.squeeze(-1) if img.ndim == 3 and img.shape[-1] == 1 else img
+    return img.numpy()
+
+
 def show_images(images, num_rows: int, num_cols: int, titles: Sequence[str] | None = None,
                 scale: float = 1.5):
     """A grid of images: tensors (C, H, W) or (H, W), arrays or PIL images. Returns the axes."""
+    num_rows, num_cols = check_int("num_rows", num_rows, minimum=1), check_int("num_cols", num_cols, minimum=1)
+    images = [_image_to_show(img, i) for i, img in zip(range(num_rows * num_cols), images)]
     figsize = (num_cols * scale, num_rows * scale)
     _, axes = plt.subplots(num_rows, num_cols, figsize=figsize, squeeze=False)
     axes = axes.flatten()
     for i, (ax, img) in enumerate(zip(axes, images)):
-        if isinstance(img, torch.Tensor):
-            img = img.detach().cpu()
-            img = img.permute(1, 2, 0) if img.ndim == 3 else img
-            img = img.squeeze(-1) if img.ndim == 3 and img.shape[-1] == 1 else img
-            img = img.numpy()
         ax.imshow(img, cmap="gray" if np.ndim(img) == 2 else None)
         ax.axes.get_xaxis().set_visible(False)
         ax.axes.get_yaxis().set_visible(False)

@@ -222,11 +222,12 @@ def _substitute_root() -> Path:
 def build_banana_voc() -> Path:
     """Build (once) the offline substitute in the VOC layout; return its ``VOC2012`` folder."""
     root = _substitute_root()
-    if root.is_dir():
+    recipe = f"{root.name}: sizes {SUBSTITUTE_SIZES}, image size {SUBSTITUTE_IMAGE_SIZE}"
+    if data.is_complete(root, recipe):
         return check_voc_layout(root / "VOC2012")
     from .bananas import compose_banana_scenes  # imported here: only the substitute needs it
 
-    with data.build_folder(root) as tmp:
+    with data.build_folder(root, recipe) as tmp:
         voc = tmp / "VOC2012"
         for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
             (voc / sub).mkdir(parents=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .checks import check_int
 from .data import TensorLoader
 from .plot import LivePlot
 from .rnn import grad_clipping
@@ -437,8 +438,7 @@ def bleu(pred_seq: str | Sequence[str], label_seq: str | Sequence[str], k: int) 
     """
     pred = pred_seq.split() if isinstance(pred_seq, str) else list(pred_seq)
     label = label_seq.split() if isinstance(label_seq, str) else list(label_seq)
-    if k < 1:
-        raise ValueError(f"k (the largest n-gram order) must be at least 1, got {k}.")
+    k = check_int("k (the largest n-gram order)", k, minimum=1)
     if not label:
         raise ValueError("The reference (label) sequence is empty: BLEU is not defined.")
     if len(pred) < k:

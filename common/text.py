@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
+from .checks import check_int
+
 TOKEN_KINDS = ("word", "char")
 
 
@@ -69,13 +71,16 @@ class Vocab:
     def __init__(
         self, tokens: Iterable = (), min_freq: int = 0, reserved_tokens: Sequence[str] | None = None
     ):
+        if isinstance(tokens, str):
+            raise TypeError(f"Vocab takes a list of tokens (or a list of token lists), got the str {tokens[:40]!r}: "
+                            "a str would make a vocabulary of its characters. Tokenize it first, e.g. "
+                            "Vocab(tokenize(text)), or Vocab(list(text)) for characters on purpose.")
         reserved = list(reserved_tokens or [])
         if "<unk>" in reserved:
             raise ValueError("'<unk>' is always index 0: do not list it in reserved_tokens.")
         if len(set(reserved)) != len(reserved):
             raise ValueError(f"reserved_tokens has duplicates: {reserved}.")
-        if min_freq < 0:
-            raise ValueError(f"min_freq must be >= 0, got {min_freq}.")
+        min_freq = check_int("min_freq", min_freq, minimum=0)
         counter = count_corpus(tokens)
         # sorted() is stable: equally frequent tokens keep the order of their first appearance.
         self.token_freqs: list[tuple[str, int]] = sorted(
@@ -161,11 +166,10 @@ def _as_corpus_tensor(corpus) -> torch.Tensor:
     return corpus.long()
 
 
-def _check_sizes(n: int, batch_size: int, num_steps: int, needed: int) -> None:
-    if batch_size < 1 or num_steps < 1:
-        raise ValueError(
-            f"batch_size and num_steps must be positive, got {batch_size} and {num_steps}."
-        )
+def _check_sizes(n: int, batch_size: int, num_steps: int) -> None:
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("num_steps", num_steps, minimum=1)
+    needed = batch_size * num_steps + num_steps
     if n < needed:
         raise ValueError(
             f"The corpus has {n} tokens; one minibatch of {batch_size} sequences of "
@@ -183,7 +187,7 @@ def seq_data_iter_random(
     shifted by one token. Neighbouring minibatches are *not* neighbours in the text.
     """
     corpus = _as_corpus_tensor(corpus)
-    _check_sizes(len(corpus), batch_size, num_steps, batch_size * num_steps + num_steps)
+    _check_sizes(len(corpus), batch_size, num_steps)
     offset = int(torch.randint(num_steps, (1,), generator=generator))
     num_subseqs = (len(corpus) - offset - 1) // num_steps
     starts = offset + num_steps * torch.randperm(num_subseqs, generator=generator)
@@ -206,7 +210,7 @@ def seq_data_iter_sequential(
     can therefore be carried from one minibatch to the next.
     """
     corpus = _as_corpus_tensor(corpus)
-    _check_sizes(len(corpus), batch_size, num_steps, batch_size * num_steps + num_steps)
+    _check_sizes(len(corpus), batch_size, num_steps)
     offset = int(torch.randint(num_steps, (1,), generator=generator))
     num_tokens = (len(corpus) - offset - 1) // batch_size * batch_size
     Xs = corpus[offset : offset + num_tokens].reshape(batch_size, -1)
@@ -226,7 +230,7 @@ class SeqDataLoader:
         self, corpus, vocab: Vocab, batch_size: int, num_steps: int, use_random_iter: bool = False
     ):
         self.corpus = _as_corpus_tensor(corpus)
-        _check_sizes(len(self.corpus), batch_size, num_steps, batch_size * num_steps + num_steps)
+        _check_sizes(len(self.corpus), batch_size, num_steps)
         self.vocab, self.batch_size, self.num_steps = vocab, batch_size, num_steps
         self.use_random_iter = use_random_iter
         self.data_iter_fn = seq_data_iter_random if use_random_iter else seq_data_iter_sequential

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .checks import check_int, check_number
 from .config import device as default_device
 from .plot import LivePlot, Panel
 from .progress import ProgressBar
@@ -85,6 +86,10 @@ def evaluate_accuracy(net: Callable, data_iter: Iterable, device: torch.device |
         for X, y in data_iter:
             X, y = X.to(dev), y.to(dev)
             metric.add(accuracy(net(X), y), y.numel())
+    if metric[1] == 0:
+        raise ValueError("evaluate_accuracy got no examples: data_iter yielded no batches. Check the dataset "
+                         "size and batch_size (a DataLoader with drop_last=True and fewer examples than "
+                         "batch_size is empty).")
     return metric[0] / metric[1]
 
 
@@ -96,7 +101,7 @@ class SGD:
     """
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float):
-        self.params, self.lr = list(params), lr
+        self.params, self.lr = list(params), check_number("lr", lr, minimum=0)  # torch.optim.SGD refuses lr < 0 too
         if not self.params:
             raise ValueError("SGD got an empty parameter list: pass the tensors to train.")
 
@@ -149,12 +154,32 @@ class History:
                 f"examples/sec on {self.device}")
 
 
-def _autocast(dev: torch.device, net) -> contextlib.AbstractContextManager:
-    """Mixed precision for modules on CUDA (bf16 where supported), nothing elsewhere."""
-    if dev.type == "cuda" and isinstance(net, nn.Module):
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+def mixed_precision(capability: tuple[int, int] | None, net, optimizer) -> tuple[torch.dtype | None, bool]:
+    """How :func:`train_classifier` trains: ``(autocast dtype or None for float32, scale gradients?)``.
+
+    ``capability`` is the CUDA compute capability of the device (``torch.cuda.get_device_capability``),
+    ``None`` off CUDA: the CPU and MPS train in float32. On CUDA only ``nn.Module``s use mixed
+    precision (from-scratch models keep their hand-written softmax in float32). bf16 is chosen from
+    capability 8.0 (Ampere) on; below it (T4: 7.5, V100: 7.0) bf16 is emulated, although
+    ``torch.cuda.is_bf16_supported()`` says True, so those GPUs use fp16, whose narrow range needs a
+    gradient scaler. The scaler reads ``optimizer.param_groups``: with an optimiser that has none
+    (``train.SGD``), fp16 is not used either, so autocast and scaler are never out of step.
+    """
+    if capability is None or not isinstance(net, nn.Module):
+        return None, False
+    if tuple(capability) >= (8, 0):
+        return torch.bfloat16, False
+    if not hasattr(optimizer, "param_groups"):
+        return None, False
+    return torch.float16, True
+
+
+def _cuda_capability(dev: torch.device) -> tuple[int, int] | None:
+    return torch.cuda.get_device_capability(dev) if dev.type == "cuda" else None
+
+
+def _autocast(dev: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def uses_channels_last(net, device: torch.device) -> bool:
@@ -186,6 +211,47 @@ class StepEveryBatch:
         self.scheduler.step()
 
 
+def _check_optimizer(optimizer) -> None:
+    if not (callable(getattr(optimizer, "zero_grad", None)) and callable(getattr(optimizer, "step", None))):
+        raise TypeError(f"optimizer must have zero_grad() and step(), like torch.optim.SGD or train.SGD, got "
+                        f"{optimizer!r}. Make one, e.g. torch.optim.SGD(net.parameters(), lr=0.1).")
+
+
+def _check_batches(data_iter, name: str) -> None:
+    if not hasattr(data_iter, "__iter__"):
+        raise TypeError(f"{name} must be an iterable of (X, y) minibatches, got {type(data_iter).__name__}.")
+    if hasattr(data_iter, "__len__") and len(data_iter) == 0:
+        raise ValueError(f"{name} has no minibatches (its length is 0). Check the dataset size and batch_size "
+                         "(a DataLoader with drop_last=True and fewer examples than batch_size is empty).")
+
+
+def _check_labels(y_hat: torch.Tensor, y: torch.Tensor) -> None:
+    """Class labels: integers in [0, number of logits). Called on the first batch only (one device sync)."""
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"Labels must be integer class indices, got dtype {y.dtype}. Convert them with y.long().")
+    if y_hat.ndim == 2 and y_hat.shape[1] > 1 and y.numel():
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= y_hat.shape[1]:
+            raise ValueError(f"Labels must be class indices in [0, {y_hat.shape[1] - 1}] (the net outputs "
+                             f"{y_hat.shape[1]} logits), got labels from {low} to {high}. Check the labels, or "
+                             "the number of outputs of the net's last layer.")
+
+
+def _check_finite_loss(batch_losses: list[torch.Tensor], epoch: int) -> None:
+    """Stop when a batch loss was NaN or infinite.
+
+    The losses stay on the device during the epoch and are read here once, at its end, so the
+    check adds no wait for the GPU after every batch (the epoch's metrics are read then anyway).
+    """
+    finite = torch.isfinite(torch.stack(batch_losses).float())
+    if not finite.all():
+        batch = int((~finite).nonzero()[0, 0])
+        raise FloatingPointError(
+            f"The training loss became {float(batch_losses[batch])} at epoch {epoch + 1}, batch {batch + 1} "
+            f"(of {len(batch_losses)}): training stopped, the parameters are no longer usable. Check the inputs "
+            "for NaN or inf (torch.isfinite(X).all()), and try a smaller learning rate.")
+
+
 def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, num_epochs: int,
                      optimizer, loss: Callable | None = None, device: torch.device | None = None,
                      plot: bool = True, progress: bool = True) -> History:
@@ -197,14 +263,17 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
     modules train in mixed precision; conv nets train in channels-last memory format where
     :func:`uses_channels_last` says so.
     """
-    if num_epochs < 1:
-        raise ValueError(f"num_epochs must be at least 1, got {num_epochs}.")
+    num_epochs = check_int("num_epochs", num_epochs, minimum=1)
+    _check_optimizer(optimizer)
+    _check_batches(train_iter, "train_iter")
+    _check_batches(test_iter, "test_iter")
     loss = loss or nn.CrossEntropyLoss()
     dev = device or device_of(net)
     channels_last = uses_channels_last(net, dev)
     if isinstance(net, nn.Module):
         net.to(dev, memory_format=torch.channels_last) if channels_last else net.to(dev)
-    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and not torch.cuda.is_bf16_supported())
+    amp_dtype, scale_gradients = mixed_precision(_cuda_capability(dev), net, optimizer)
+    scaler = torch.amp.GradScaler(dev.type, enabled=scale_gradients)
     history = History(device=str(dev))
     live = LivePlot(xlabel="epoch", xlim=[1, max(num_epochs, 2)], panels=[
         Panel("loss", curves=["train loss"]),  # autoscaled: losses start far above 1
@@ -215,20 +284,27 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
             net.train()
         metric = Accumulator(3)  # sum of losses, correct predictions, examples
         timer = Timer()
+        batch_losses = []  # stay on the device until the epoch ends
         for X, y in train_iter:
             X, y = X.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if channels_last:
                 X = X.contiguous(memory_format=torch.channels_last)
-            with _autocast(dev, net):
+            with _autocast(dev, amp_dtype):
                 y_hat = net(X)
+                if epoch == 0 and not batch_losses:
+                    _check_labels(y_hat, y)
                 l = loss(y_hat, y)
             optimizer.zero_grad()
             scaler.scale(l).backward()
             scaler.step(optimizer) if scaler.is_enabled() else optimizer.step()
             scaler.update()
             metric.add(l.detach() * y.numel(), accuracy(y_hat.detach(), y), y.numel())
+            batch_losses.append(l.detach())
             if bar is not None:
                 bar.update()
+        if not batch_losses:
+            raise ValueError("train_iter yielded no minibatches: there is nothing to train on.")
+        _check_finite_loss(batch_losses, epoch)
         train_loss, train_acc = metric[0] / metric[2], metric[1] / metric[2]  # reading syncs the device
         history.examples_per_sec.append(metric[2] / timer.stop())
         history.train_loss.append(train_loss)

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import config, data
+from .checks import check_float_tensor
 from .data import DataSource, DataUnavailableError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -229,7 +230,13 @@ def backbone_recipe() -> dict:
 
 
 def normalize_imagenet(images: torch.Tensor) -> torch.Tensor:
-    """Standardise float images in [0, 1] with the ImageNet channel means and deviations."""
+    """Standardise float RGB images in [0, 1], ``(3, H, W)`` or ``(N, 3, H, W)``, with ImageNet's
+    channel means and deviations."""
+    check_float_tensor("images", images, "RGB values in [0, 1]",
+                       "Scale 0-255 images to [0, 1] first: images.float() / 255.")
+    if images.ndim not in (3, 4) or images.shape[-3] != 3:
+        raise ValueError(f"images must be RGB, (3, H, W) or (N, 3, H, W), got shape {tuple(images.shape)}. "
+                         "Repeat a gray image to 3 channels first, e.g. images.repeat(1, 3, 1, 1) for (N, 1, H, W).")
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(-1, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device).view(-1, 1, 1)
     return (images - mean) / std
@@ -389,11 +396,11 @@ def kaggle_cifar10_folder(n_train_per_class: int | None = None, n_test_per_class
 
     for source in (CIFAR10_UPSTREAM, CIFAR10_JPEG):
         root, folder, answers = paths(source)
-        if answers.exists():  # built with build_folder, so complete when present
+        if data.is_complete(root, root.name):  # built with build_folder: its marker is written last
             return folder, answers, source
     images, labels, test_images, test_labels, source = load_cifar10_images(n_train_per_class, n_test_per_class)
     root, folder, answers = paths(source)
-    with data.build_folder(root) as tmp:
+    with data.build_folder(root, root.name) as tmp:
         rng = np.random.default_rng(0)
         for split, x, y in (("train", images, labels), ("test", test_images, test_labels)):
             (tmp / "competition" / split).mkdir(parents=True)

@@ -123,3 +123,21 @@ def test_show_heatmaps():
         attention.show_heatmaps(torch.rand(4, 5), "keys", "queries")
     with pytest.raises(ValueError, match="titles"):
         attention.show_heatmaps(torch.rand(1, 2, 4, 5), "keys", "queries", titles=["a"])
+
+
+def test_masked_softmax_refuses_integer_scores():
+    with pytest.raises(TypeError, match=r"X must hold floating-point scores.*got dtype torch.int64.*X.float\(\)"):
+        attention.masked_softmax(torch.ones(2, 3, 4, dtype=torch.long), torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_masked_softmax_is_finite_in_half_precision(dtype):
+    # -1e6 overflows to -inf in float16: a row with no valid key became NaN instead of uniform.
+    assert torch.tensor(-1e6, dtype=torch.float16).isinf()
+    X = torch.randn(2, 3, 5) * 4
+    W = attention.masked_softmax(X.to(dtype), torch.tensor([0, 3]))
+    assert W.dtype == dtype and torch.isfinite(W).all()
+    torch.testing.assert_close(W[0], torch.full((3, 5), 0.2, dtype=dtype))  # no key to attend to: uniform
+    assert (W[1, :, 3:] == 0).all()
+    reference = F.softmax(X[1, :, :3].to(dtype).float(), dim=-1)  # softmax over the valid keys only
+    torch.testing.assert_close(W[1, :, :3].float(), reference, atol=2e-2 if dtype != torch.float32 else 1e-6, rtol=0)

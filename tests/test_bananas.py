@@ -231,6 +231,9 @@ def test_upstream_archive_is_used_when_available(isolated_data, http_server, mon
     assert "substitute" not in str(source).lower()
     train_iter, val_iter, source = bananas.load_bananas(batch_size=2, n_val=2, size=20, device="cpu")
     assert source.upstream and train_iter.num_examples == 3 and val_iter.num_examples == 2
+    monkeypatch.setattr(bananas, "banana_folder", lambda: pytest.fail("the folder was looked up again"))
+    again = bananas.load_bananas(batch_size=2, n_val=2, size=20, device="cpu", dataset=(folder, source))
+    assert torch.equal(next(iter(again[1]))[0], next(iter(val_iter))[0])
     x, y = next(iter(val_iter))
     assert x.shape == (2, 3, 20, 20) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
     expected = torch.tensor([[[c, x0 / WIDTH, y0 / HEIGHT, x1 / WIDTH, y1 / HEIGHT]] for _, c, x0, y0, x1, y1 in ROWS[:2]])

@@ -75,3 +75,22 @@ def test_keeping_freed_memory_saves_page_faults():
     if not applied:
         pytest.skip("not glibc")
     assert kept_faults < default_faults / 2, (kept_faults, default_faults)
+
+
+@pytest.mark.parametrize("seed, error", [(-1, ValueError), (2**32, ValueError), (1.5, TypeError), ("0", TypeError)])
+def test_seed_everything_refuses_seeds_numpy_cannot_take(seed, error):
+    with pytest.raises(error, match="seed"):
+        common.seed_everything(seed)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("gpu", "Unknown device 'gpu'"),
+    ("cuda:99", "asks for (CUDA|GPU 99)"),
+    ("cuda:first", "Unknown device 'cuda:first'"),
+])
+def test_resolve_device_explains_unusable_devices(bad, message):
+    from common.config import resolve_device
+
+    with pytest.raises(ValueError, match=message):
+        resolve_device(bad)
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(None) == common.device()

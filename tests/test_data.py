@@ -2,9 +2,15 @@
 import gzip
 import hashlib
 import io
+import multiprocessing
 import os
+import stat
+import subprocess
+import sys
 import tarfile
+import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -240,3 +246,379 @@ def test_build_folder_appears_whole_or_not_at_all(tmp_path):
     with data.build_folder(target) as tmp:
         (tmp / "whole.txt").write_text("whole")
     assert [p.name for p in tmp_path.iterdir()] == ["made"] and (target / "whole.txt").read_text() == "whole"
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: damaged caches shared by processes, unusable cache paths, half-built folders
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def mirrored_resource(isolated_data, tmp_path, monkeypatch):
+    """A resource 'demo' that only a local mirror holds (no network)."""
+    content = b"mirrored bytes\n" * 500
+    mirror = tmp_path / "mirror"
+    (mirror / "sub").mkdir(parents=True)
+    (mirror / "sub" / "demo.txt").write_bytes(content)
+    monkeypatch.setenv("COURSE_DATA_MIRROR", str(mirror))
+    monkeypatch.setitem(data.RESOURCES, "demo", data.Resource("demo", "http://127.0.0.1:9/demo.txt", sha1(content),
+                                                              "sub/demo.txt"))
+    return isolated_data / "sub" / "demo.txt", content
+
+
+def test_damaged_file_removed_by_another_process_meanwhile(mirrored_resource, monkeypatch):
+    target, content = mirrored_resource
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"damaged")
+    original = data.is_verified
+
+    def other_process_removes_it_first(path, res):
+        if path == target and path.exists():
+            path.unlink()  # the other process got there between our two steps
+        return original(path, res)
+
+    monkeypatch.setattr(data, "is_verified", other_process_removes_it_first)
+    assert data.fetch("demo").read_bytes() == content
+
+
+def test_damaged_file_is_replaced_in_one_rename(mirrored_resource, monkeypatch):
+    """No moment without a file: a reader in another process never finds it missing."""
+    target, content = mirrored_resource
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"damaged")
+    unlinked, real_unlink = [], Path.unlink
+
+    def unlink(self, missing_ok=False):
+        unlinked.append(self)
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert data.fetch("demo").read_bytes() == content
+    assert target not in unlinked
+
+
+def _hammer(name: str, rounds: int, queue) -> None:
+    """One of several processes that fetch and damage the same cached file, again and again."""
+    try:
+        for i in range(rounds):
+            path = data.fetch(name)
+            if i % 3 == 0:  # damage it for the others: truncated, then written over in place
+                with open(path, "r+b") as f:
+                    f.truncate(10)
+        queue.put("ok")
+    except BaseException as err:  # noqa: BLE001 - report anything to the parent
+        queue.put(f"{type(err).__name__}: {err}")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses fork")
+def test_parallel_processes_never_crash_on_a_damaged_cache(mirrored_resource):
+    target, content = mirrored_resource
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    workers = [context.Process(target=_hammer, args=("demo", 30, queue)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    results = [queue.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(timeout=10)
+    assert results == ["ok"] * 4
+    assert data.fetch("demo").read_bytes() == content
+    assert not leftovers(target.parent)
+
+
+def test_course_data_naming_a_file_is_reported(tmp_path, monkeypatch):
+    file = tmp_path / "not-a-folder"
+    file.write_text("x")
+    monkeypatch.setenv("COURSE_DATA", str(file))
+    with pytest.raises(data.CacheError, match="names .*not-a-folder, which is a file, not a folder"):
+        data.fetch("time_machine")
+
+
+def test_read_only_cache_is_reported(mirrored_resource, monkeypatch):
+    cache = data.data_dir()
+    (cache / "sub").mkdir(parents=True)
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):  # what a read-only folder does (root ignores chmod)
+        if str(path).startswith(str(cache)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(data.CacheError, match=r"(?s)sub cannot be written \(permission denied.*COURSE_DATA"):
+        data.fetch("demo")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write to read-only folders")
+def test_read_only_cache_folder_for_real(mirrored_resource):
+    cache = data.data_dir()
+    cache.mkdir()
+    cache.chmod(0o555)
+    try:
+        with pytest.raises(data.CacheError, match="permission denied"):
+            data.fetch("demo")
+    finally:
+        cache.chmod(0o755)
+
+
+def test_folder_where_a_file_belongs_is_reported(mirrored_resource):
+    target, _ = mirrored_resource
+    target.mkdir(parents=True)
+    with pytest.raises(data.CacheError, match="demo.txt is a folder where the file of resource 'demo' belongs"):
+        data.fetch("demo")
+
+
+def test_file_where_a_folder_belongs_is_reported(mirrored_resource):
+    target, _ = mirrored_resource
+    target.parent.parent.mkdir(parents=True)
+    target.parent.write_text("a file named like the folder")
+    with pytest.raises(data.CacheError, match=r"cache[/\\]sub is a file where a folder belongs"):
+        data.fetch("demo")
+
+
+@pytest.fixture
+def served_zip(isolated_data, http_server, monkeypatch):
+    """A zip resource 'things' with things/a.txt and things/b/c.txt."""
+    folder, url = http_server
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("things/a.txt", "a")
+        z.writestr("things/b/c.txt", "c")
+    (folder / "things.zip").write_bytes(buffer.getvalue())
+    monkeypatch.setitem(data.RESOURCES, "things", data.Resource("things", url + "things.zip", sha1(buffer.getvalue()),
+                                                                "things.zip"))
+    return isolated_data / "things"
+
+
+@pytest.mark.parametrize("state", ["empty", "half-deleted", "other-archive"])
+def test_extract_rebuilds_a_folder_not_known_complete(served_zip, state):
+    data.fetch("things")
+    served_zip.mkdir()
+    if state == "half-deleted":
+        (served_zip / "a.txt").write_text("a")  # b/c.txt is gone, and so is the marker
+    if state == "other-archive":
+        (served_zip / "a.txt").write_text("old a")
+        (served_zip / data.COMPLETE_MARKER).write_text("things.zip sha1 0000\n")
+    out = data.extract("things")
+    assert (out / "a.txt").read_text() == "a" and (out / "b" / "c.txt").read_text() == "c"
+    assert not leftovers(out.parent)
+
+
+def test_extract_reuses_a_complete_folder(served_zip):
+    out = data.extract("things")
+    (out / "a.txt").write_text("changed by the learner")
+    assert data.extract("things") == out and (out / "a.txt").read_text() == "changed by the learner"
+
+
+def test_build_folder_keeps_what_another_process_finished_first(tmp_path):
+    target = tmp_path / "made"
+    with data.build_folder(target, "recipe 1") as tmp:
+        (tmp / "mine.txt").write_text("mine")
+        with data.build_folder(target, "recipe 1") as other:  # the other process, faster
+            (other / "theirs.txt").write_text("theirs")
+    assert data.is_complete(target, "recipe 1") and [p.name for p in target.iterdir() if p.suffix] == ["theirs.txt"]
+    with data.build_folder(target, "recipe 2") as tmp:  # another recipe replaces it
+        (tmp / "new.txt").write_text("new")
+    assert data.is_complete(target, "recipe 2") and not data.is_complete(target, "recipe 1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["made"]
+
+
+def test_built_folders_and_files_are_readable_by_others(mirrored_resource, tmp_path):
+    old = os.umask(0o022)
+    try:
+        with data.build_folder(tmp_path / "built", "r") as tmp:
+            (tmp / "x.txt").write_text("x")
+        path = data.fetch("demo")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "built").stat().st_mode) == 0o755  # mkdtemp would give 0700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # mkstemp would give 0600
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process ids are checked on POSIX only")
+def test_stale_part_files_and_folders_are_swept(mirrored_resource):
+    target, content = mirrored_resource
+    folder = target.parent
+    folder.mkdir(parents=True)
+    host, dead, alive = data._host(), _dead_pid(), os.getppid()
+    two_days_ago = time.time() - 2 * 24 * 3600
+    entries = {
+        f".demo.txt.{host}-pid{dead}.0123abcd.part": True,      # its process was killed
+        f".banana.{host}-pid{dead}.89abcdef.part/": True,       # a folder, same
+        f".demo.txt.{host}-pid{alive}.0123abcd.part": False,    # a live process is writing it
+        f".demo.txt.other-host-pid{dead}.0123abcd.part": False,  # another machine: too young to tell
+        ".demo.txt.k3j4h5.part": False,                          # an old-style name, young
+        ".demo.txt.old1234.part": True,                          # an old-style name, two days old
+        "keep.part": False,                                      # not ours: no leading dot
+    }
+    for name, _ in entries.items():
+        path = folder / name.rstrip("/")
+        if name.endswith("/"):
+            (path / "inner").mkdir(parents=True)
+            (path / "inner" / "big.bin").write_bytes(b"0" * 1000)
+        else:
+            path.write_bytes(b"partial")
+        if "old1234" in name:
+            os.utime(path, (two_days_ago, two_days_ago))
+    assert data.fetch("demo").read_bytes() == content
+    left = {p.name for p in folder.iterdir()}
+    for name, stale in entries.items():
+        assert (name.rstrip("/") not in left) == stale, name
+
+
+def _tar(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as t:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            t.addfile(info, io.BytesIO(content))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            t.addfile(info)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("bad", ["../evil.txt", "ok/../../evil.txt", "ABSOLUTE", "symlink"],
+                         ids=["dotdot", "nested-dotdot", "absolute", "symlink-out"])
+@pytest.mark.parametrize("python", ["with-data-filter", "older"])
+def test_tar_members_cannot_land_outside_the_folder(isolated_data, monkeypatch, tmp_path, bad, python):
+    if python == "older":
+        monkeypatch.delattr(tarfile, "data_filter")  # as on Python < 3.10.12 / 3.11.4: the fallback checks
+    outside = tmp_path / "evil.txt"
+    members = {"pack/a.txt": b"a"}
+    if bad != "symlink":
+        members[str(outside) if bad == "ABSOLUTE" else bad] = b"x"
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    monkeypatch.setenv("COURSE_DATA_MIRROR", str(mirror))
+    for name, content in (("good", _tar({"pack/a.txt": b"a"}, {"pack/link": "a.txt"})),
+                          ("bad", _tar(members, {"pack/link": "/etc/passwd"} if bad == "symlink" else {}))):
+        (mirror / f"{name}.tar").write_bytes(content)
+        monkeypatch.setitem(data.RESOURCES, name, data.Resource(name, None, sha1(content), f"{name}.tar"))
+    assert (data.extract("good") / "a.txt").read_text() == "a"
+    if bad == "ABSOLUTE" and python == "with-data-filter":
+        data.extract("bad")  # the data filter strips the leading '/': the member lands inside the folder
+        assert list((isolated_data / "bad").rglob("evil.txt"))
+    else:
+        with pytest.raises(ValueError, match="unsafe member .*refusing to unpack"):
+            data.extract("bad")
+        assert not (isolated_data / "bad").exists() and not list(isolated_data.rglob("evil.txt"))
+    assert not outside.exists()
+
+
+def test_large_download_on_colab_says_once_the_cache_is_temporary(http_server, tmp_path, monkeypatch, capsys):
+    folder, url = http_server
+    monkeypatch.delenv("COURSE_DATA", raising=False)
+    monkeypatch.delenv("COURSE_DATA_MIRROR", raising=False)
+    monkeypatch.setattr(data, "repo_root", lambda: None)  # only the package is installed
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "test")
+    monkeypatch.setattr(data, "LARGE_DOWNLOAD_BYTES", 1000)
+    monkeypatch.setattr(data, "_told_cache_is_temporary", False)
+    for name in ("big1", "big2"):
+        content = name.encode() * 1000
+        (folder / f"{name}.bin").write_bytes(content)
+        monkeypatch.setitem(data.RESOURCES, name, data.Resource(name, url + f"{name}.bin", sha1(content), f"{name}.bin"))
+        assert data.fetch(name).read_bytes() == content
+    out = capsys.readouterr().out
+    assert out.count("which Colab deletes when the runtime ends") == 1
+    assert str(tmp_path / "home-cache" / "dl-course") in out
+    assert f"\rdownloading {url}big2.bin: 0.0 MB in" in out  # the progress line's final state
+
+
+def test_download_progress_shows_the_share_done(capsys):
+    progress = data._DownloadProgress("x", size=4_000_000, interval=0.0)
+    progress.add(1_000_000)
+    progress.add(1_000_000)
+    progress.finish()
+    out = capsys.readouterr().out
+    assert "\rdownloading x: 1 of 4 MB (25%)" in out and "\rdownloading x: 2 of 4 MB (50%)" in out
+    assert out.endswith("2.0 MB in 0.0 s\n") and "\n" not in out[:-1]
+
+
+@pytest.mark.parametrize("batch_size, error, message", [
+    (2.5, TypeError, "batch_size must be a whole number.*got 2.5"),
+    ("256", TypeError, "without quotes: batch_size=256"),
+    (True, TypeError, "batch_size must be a whole number"),
+])
+def test_tensor_loader_refuses_non_integer_batch_sizes(batch_size, error, message):
+    with pytest.raises(error, match=message):
+        data.TensorLoader(torch.zeros(3), batch_size=batch_size)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"resize": 0}, ValueError, "resize must be a positive integer, got 0"),
+    ({"resize": -28}, ValueError, "resize must be a positive integer"),
+    ({"resize": 32.0}, TypeError, "resize must be a whole number"),
+    ({"batch_size": "256"}, TypeError, "batch_size must be a whole number"),
+    ({"n_train": 0.5}, TypeError, "n_train must be a whole number"),
+    ({"device": "gpu"}, ValueError, "Unknown device 'gpu'"),
+])
+def test_fashion_mnist_loader_checks_its_arguments_before_reading(isolated_data, kwargs, error, message):
+    # isolated_data is an empty cache without a mirror: the checks come before any file is read
+    with pytest.raises(error, match=message):
+        data.load_fashion_mnist(**({"batch_size": 32} | kwargs))
+
+
+def _extract_each(names: list[str], queue) -> None:
+    try:
+        for name in names:  # the processes race to unpack each archive first
+            folder = data.extract(name)
+            assert (folder / "a.txt").read_text() == "a" and (folder / "b" / "c.txt").read_text() == "c"
+        queue.put("ok")
+    except BaseException as err:  # noqa: BLE001 - report anything to the parent
+        queue.put(f"{type(err).__name__}: {err}")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses fork")
+def test_parallel_processes_extract_the_same_archive(isolated_data, tmp_path, monkeypatch):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("things/a.txt", "a")
+        z.writestr("things/b/c.txt", "c")
+    (tmp_path / "mirror").mkdir()
+    monkeypatch.setenv("COURSE_DATA_MIRROR", str(tmp_path / "mirror"))
+    names = [f"things{i}" for i in range(15)]
+    for name in names:
+        (tmp_path / "mirror" / f"{name}.zip").write_bytes(buffer.getvalue())
+        monkeypatch.setitem(data.RESOURCES, name, data.Resource(name, None, sha1(buffer.getvalue()), f"{name}.zip"))
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    workers = [context.Process(target=_extract_each, args=(names, queue)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    results = [queue.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(timeout=10)
+    assert results == ["ok"] * 3
+    assert sorted(p.name for p in isolated_data.iterdir() if p.is_dir()) == sorted(names)
+    assert all(data.is_complete(isolated_data / name, f"{name}.zip sha1 {sha1(buffer.getvalue())}") for name in names)
+    assert not leftovers(isolated_data)
+
+
+def test_tensor_loader_takes_numpy_integers():
+    import numpy as np
+
+    assert len(data.TensorLoader(torch.zeros(5), batch_size=np.int64(2))) == 3
+
+
+def test_packaged_file_is_verified(monkeypatch):
+    path = data.packaged_file("sklearn-digits")
+    assert path.is_file() and data.digest_of(path) == data.PACKAGED_FILES["sklearn-digits"].sha1
+    bad = data.PackagedFile("sklearn-digits", "sklearn", "datasets/data/digits.csv.gz", "0" * 40, "scikit-learn")
+    monkeypatch.setitem(data.PACKAGED_FILES, "sklearn-digits", bad)
+    with pytest.raises(data.DataUnavailableError, match="ships a different file"):
+        data.packaged_file("sklearn-digits")
+    missing = data.PackagedFile("x", "no_such_package_here", "a.csv", "0" * 40, "no-such-package")
+    monkeypatch.setitem(data.PACKAGED_FILES, "x", missing)
+    with pytest.raises(data.DataUnavailableError, match="pip install no-such-package"):
+        data.packaged_file("x")
+    with pytest.raises(KeyError, match="sklearn-digits"):
+        data.packaged_file("nope")

@@ -277,3 +277,12 @@ def test_multibox_detection_rejects_bad_input():
         det.multibox_detection(torch.rand(1, 3, 4), torch.zeros(1, 12), anchors)
     with pytest.raises(ValueError, match="nms_threshold"):
         det.multibox_detection(torch.rand(1, 3, 4), torch.zeros(1, 16), anchors, nms_threshold=2)
+
+
+def test_nms_refuses_nan_scores():
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [5.0, 5.0, 6.0, 6.0]])
+    scores = torch.tensor([0.9, float("nan"), 0.8])
+    # torchvision keeps the NaN box first and drops the 0.9 box that overlaps it: silent garbage
+    assert torchvision.ops.nms(boxes, scores, 0.5).tolist()[0] == 1
+    with pytest.raises(ValueError, match=r"scores has NaN at index \[1\]"):
+        det.nms(boxes, scores, 0.5)

@@ -1,6 +1,7 @@
 import matplotlib
 
 matplotlib.use("Agg")
+import pytest
 import torch
 
 from common import plot
@@ -47,3 +48,25 @@ def test_live_plot_unnamed_curves_go_to_the_catch_all_panel():
     live.add(1, {"acc": 0.5, "some loss": 1.5})
     live.finish()
     assert [line.get_label() for line in live.all_axes[1].get_lines()] == ["some loss"]
+
+
+def test_plot_refuses_x_and_y_of_different_lengths():
+    with pytest.raises(ValueError, match="Curve 1: x has 5 values but y has 4"):
+        plot.plot(torch.arange(5.0), [torch.arange(5.0), torch.arange(4.0)])
+    assert len(plot.plot([torch.arange(4.0)]).get_lines()) == 1  # only Y: against the index
+
+
+@pytest.mark.parametrize("rows, cols, error, message", [
+    (0, 3, ValueError, "num_rows must be a positive integer, got 0"),
+    (1, 2.5, TypeError, "num_cols must be a whole number"),
+])
+def test_show_images_checks_the_grid(rows, cols, error, message):
+    with pytest.raises(error, match=message):
+        plot.show_images([torch.rand(8, 8)], rows, cols)
+
+
+@pytest.mark.parametrize("image", [torch.rand(2, 3, 8, 8), torch.rand(8, 8, 3)], ids=["4-D", "channels-last"])
+def test_show_images_refuses_tensors_that_are_not_images(image):
+    with pytest.raises(ValueError, match=r"Image 0 has shape .*takes images \(C, H, W\)"):
+        plot.show_images([image], 1, 1)
+    assert len(plot.show_images(torch.rand(2, 8, 8), 1, 2)) == 2  # a batch of gray images (N, H, W) still works

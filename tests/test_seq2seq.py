@@ -215,3 +215,9 @@ def test_bleu_bad_input():
         seq2seq.bleu("a", "a", 0)
     with pytest.raises(ValueError, match="empty"):
         seq2seq.bleu("a", "", 1)
+
+
+@pytest.mark.parametrize("k, error", [(2.5, TypeError), ("2", TypeError), (0, ValueError)])
+def test_bleu_k_must_be_a_positive_whole_number(k, error):
+    with pytest.raises(error, match=r"k \(the largest n-gram order\)"):
+        seq2seq.bleu("a b c", "a b c", k)

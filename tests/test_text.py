@@ -146,3 +146,21 @@ def test_load_corpus_rejects_text_without_letters(monkeypatch):
     monkeypatch.setattr(text, "read_time_machine", lambda: "1234 !!! ...")
     with pytest.raises(ValueError, match="empty"):
         text.load_corpus_time_machine()
+
+
+def test_vocab_refuses_a_str_where_tokens_belong():
+    with pytest.raises(TypeError, match=r"got the str 'hello world'.*Vocab\(tokenize\(text\)\)"):
+        text.Vocab("hello world")
+    assert len(text.Vocab(list("ab"))) == 3  # characters on purpose still work
+
+
+@pytest.mark.parametrize("bad, error", [("2", TypeError), (2.5, TypeError), (-1, ValueError)])
+def test_vocab_min_freq_must_be_a_whole_number(bad, error):
+    with pytest.raises(error, match="min_freq"):
+        text.Vocab(["a"], min_freq=bad)
+
+
+@pytest.mark.parametrize("batch_size, num_steps", [(2.5, 5), ("4", 5), (4, 5.0)])
+def test_sequence_loaders_refuse_non_integer_sizes(batch_size, num_steps):
+    with pytest.raises(TypeError, match="must be a whole number"):
+        text.SeqDataLoader(list(range(100)), text.Vocab(["a"]), batch_size, num_steps)

@@ -112,3 +112,148 @@ def test_scratch_sgd_takes_the_same_steps_as_torch_optim_sgd():
     assert frozen.abs().sum() == 0
     with pytest.raises(ValueError, match="empty parameter list"):
         train.SGD([], lr=0.1)
+
+
+def test_mixed_precision_follows_compute_capability():
+    net = nn.Linear(2, 2)
+    adam = torch.optim.Adam(net.parameters())
+    for capability in [(7, 0), (7, 5)]:  # V100, T4: bf16 would be emulated
+        assert train.mixed_precision(capability, net, adam) == (torch.float16, True)
+    for capability in [(8, 0), (8, 6), (9, 0)]:  # A100, RTX 30xx, H100: bf16 tensor cores, no scaler
+        assert train.mixed_precision(capability, net, adam) == (torch.bfloat16, False)
+    assert train.mixed_precision(None, net, adam) == (None, False)  # CPU, MPS
+    # fp16 needs the scaler, which needs param_groups: the scratch optimiser trains in float32.
+    assert train.mixed_precision((7, 5), net, train.SGD(net.parameters(), lr=0.1)) == (None, False)
+    assert train.mixed_precision((8, 0), net, train.SGD(net.parameters(), lr=0.1)) == (torch.bfloat16, False)
+    assert train.mixed_precision((7, 5), lambda X: X, adam) == (None, False)  # from-scratch model
+
+
+def _train_as_on(capability, monkeypatch, net, make_optimizer, epochs=2):
+    """train_classifier on the CPU, deciding precision as on a CUDA GPU of this capability."""
+    monkeypatch.setattr(train, "_cuda_capability", lambda dev: capability)
+    steps = []
+    real_step = torch.amp.GradScaler.step
+    monkeypatch.setattr(torch.amp.GradScaler, "step",
+                        lambda self, opt, *a, **k: steps.append(self.get_scale()) or real_step(self, opt, *a, **k))
+    X, y = blobs()
+    loader = data.TensorLoader(X, y, batch_size=32)
+    history = train.train_classifier(net, loader, loader, epochs, make_optimizer(), device=torch.device("cpu"),
+                                     plot=False, progress=False)
+    return history, steps
+
+
+def test_fp16_with_gradient_scaler_trains_like_float32(monkeypatch):
+    # The scaler path of a T4, run on the CPU (autocast and GradScaler both take device "cpu").
+    torch.manual_seed(0)
+    net, reference = nn.Linear(2, 2), nn.Linear(2, 2)
+    reference.load_state_dict(net.state_dict())
+    history, scales = _train_as_on((7, 5), monkeypatch, net, lambda: torch.optim.SGD(net.parameters(), lr=0.1))
+    assert len(scales) == 2 * 13 and scales[0] == 2.0 ** 16  # every batch went through scaler.step
+    # Gradients that overflow fp16 make the scaler skip the step and halve the scale: here at the start.
+    skipped = sum(later < earlier for earlier, later in zip(scales, scales[1:]))
+    assert skipped >= 1 and scales[skipped:] == [scales[-1]] * (len(scales) - skipped)
+    assert history.test_acc[-1] > 0.95
+    # Reference: plain float32 SGD by hand, on the same batches less the skipped ones.
+    X, y = blobs()
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    batches = [(X[i:i + 32], y[i:i + 32]) for i in range(0, len(X), 32)]
+    for Xb, yb in (batches + batches)[skipped:]:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(reference(Xb), yb).backward()
+        optimizer.step()
+    torch.testing.assert_close(net.weight, reference.weight, atol=5e-3, rtol=5e-3)
+    torch.testing.assert_close(net.bias, reference.bias, atol=5e-3, rtol=5e-3)
+    cpu_net = nn.Linear(2, 2)
+    _, no_scaler = _train_as_on(None, monkeypatch, cpu_net, lambda: torch.optim.SGD(cpu_net.parameters(), lr=0.1))
+    assert no_scaler == []  # the CPU itself trains in float32, without a scaler
+
+
+def test_scratch_optimizer_trains_where_the_scaler_would_be_on(monkeypatch):
+    # Before autocast and scaler were tied, a T4 called scaler.step(train.SGD): no param_groups.
+    torch.manual_seed(0)
+    W = torch.zeros(2, 2, requires_grad=True)
+    history, steps = _train_as_on((7, 5), monkeypatch, lambda X: X @ W, lambda: train.SGD([W], lr=0.1))
+    assert steps == [] and history.test_acc[-1] > 0.95
+    net = nn.Linear(2, 2)
+    history, steps = _train_as_on((7, 5), monkeypatch, net, lambda: train.SGD(net.parameters(), lr=0.1))
+    assert steps == [] and history.test_acc[-1] > 0.95
+
+
+def _blob_loaders(X=None, y=None):
+    X0, y0 = blobs()
+    loader = data.TensorLoader(X0 if X is None else X, y0 if y is None else y, batch_size=32)
+    return loader, data.TensorLoader(X0, y0, batch_size=32)
+
+
+@pytest.mark.parametrize("change, error, message", [
+    ({"num_epochs": 1.5}, TypeError, "num_epochs must be a whole number"),
+    ({"optimizer": None}, TypeError, r"optimizer must have zero_grad\(\) and step\(\).*got None"),
+    ({"train_iter": []}, ValueError, "train_iter has no minibatches"),
+    ({"test_iter": []}, ValueError, "test_iter has no minibatches"),
+    ({"labels": lambda y: y.float()}, TypeError, r"Labels must be integer class indices, got dtype torch.float32"),
+    ({"labels": lambda y: y + 5}, ValueError, r"class indices in \[0, 1\] \(the net outputs 2 logits\), got labels "
+                                              "from 5 to 6"),
+    ({"labels": lambda y: y - 1}, ValueError, "got labels from -1 to 0"),
+])
+def test_train_classifier_checks_its_arguments(change, error, message):
+    net = nn.Linear(2, 2)
+    X, y = blobs()
+    y = change.get("labels", lambda y: y)(y)
+    train_iter, test_iter = _blob_loaders(X, y)
+    args = {"num_epochs": 2, "optimizer": torch.optim.SGD(net.parameters(), lr=0.1), "train_iter": train_iter,
+            "test_iter": test_iter} | {k: v for k, v in change.items() if k != "labels"}
+    with pytest.raises(error, match=message):
+        train.train_classifier(net, args["train_iter"], args["test_iter"], args["num_epochs"], args["optimizer"],
+                               device=torch.device("cpu"), plot=False, progress=False)
+
+
+def test_train_classifier_on_a_generator_without_batches():
+    net = nn.Linear(2, 2)
+    _, test_iter = _blob_loaders()
+    with pytest.raises(ValueError, match="train_iter yielded no minibatches"):
+        train.train_classifier(net, (b for b in []), test_iter, 1, torch.optim.SGD(net.parameters(), lr=0.1),
+                               device=torch.device("cpu"), plot=False, progress=False)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_train_classifier_stops_when_the_loss_is_not_finite(bad):
+    X, y = blobs()
+    X[100, 0] = bad  # in the 4th batch of 32 (batches are not shuffled)
+    train_iter, test_iter = _blob_loaders(X, y)
+    net = nn.Linear(2, 2)
+    with pytest.raises(FloatingPointError, match=r"loss became (nan|inf) at epoch 1, batch 4 \(of 13\).*isfinite"):
+        train.train_classifier(net, train_iter, test_iter, 3, torch.optim.SGD(net.parameters(), lr=0.1),
+                               device=torch.device("cpu"), plot=False, progress=False)
+
+
+def test_train_classifier_stops_when_the_loss_diverges_later():
+    train_iter, test_iter = _blob_loaders()
+    net = nn.Linear(2, 2)
+
+    class BreaksAfter20Steps(torch.optim.SGD):
+        steps = 0
+
+        def step(self, closure=None):
+            super().step(closure)
+            self.steps += 1
+            if self.steps == 20:  # after batch 7 of epoch 2 (13 batches per epoch)
+                with torch.no_grad():
+                    net.weight[0, 0] = float("nan")
+
+    with pytest.raises(FloatingPointError, match=r"loss became nan at epoch 2, batch 8 \(of 13\)"):
+        train.train_classifier(net, train_iter, test_iter, 3, BreaksAfter20Steps(net.parameters(), lr=0.1),
+                               device=torch.device("cpu"), plot=False, progress=False)
+
+
+def test_evaluate_accuracy_refuses_an_empty_loader():
+    with pytest.raises(ValueError, match="evaluate_accuracy got no examples"):
+        train.evaluate_accuracy(nn.Linear(2, 2), [], torch.device("cpu"))
+
+
+@pytest.mark.parametrize("lr, error", [(-0.1, ValueError), ("0.1", TypeError), (float("nan"), ValueError)])
+def test_scratch_sgd_refuses_learning_rates_torch_refuses(lr, error):
+    params = [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(ValueError):
+        torch.optim.SGD(params, lr=-0.1)  # the reference: torch refuses a negative one too
+    with pytest.raises(error, match="lr must be"):
+        train.SGD(params, lr=lr)

@@ -288,3 +288,19 @@ def test_course_backbone_training_is_seeded_and_leaves_the_callers_random_number
     (isolated_data / "derived").rename(isolated_data / "old")
     vision.course_backbone()
     assert torch.equal(draws[0], draws[1])  # the training sees the same random numbers every time
+
+
+@pytest.mark.parametrize("images, error, message", [
+    (torch.rand(2, 1, 8, 8), ValueError, r"must be RGB.*got shape \(2, 1, 8, 8\).*repeat"),
+    (torch.rand(8, 8), ValueError, "must be RGB"),
+    (torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8), TypeError, r"floating-point.*images.float\(\) / 255"),
+])
+def test_normalize_imagenet_refuses_gray_and_0_255_images(images, error, message):
+    with pytest.raises(error, match=message):
+        vision.normalize_imagenet(images)
+
+
+def test_normalize_imagenet_matches_torchvision():
+    images = torch.rand(2, 3, 8, 8)
+    reference = torchvision.transforms.Normalize(vision.IMAGENET_MEAN, vision.IMAGENET_STD)(images)
+    torch.testing.assert_close(vision.normalize_imagenet(images), reference)
