@@ -564,25 +564,40 @@ def build_folder(folder: Path, source: str = "") -> Iterator[Path]:
     try:
         yield tmp
         (tmp / COMPLETE_MARKER).write_text(source + "\n", encoding="utf-8")
-        if is_complete(folder, source):
-            return  # another process finished it first
-        _discard(folder)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not is_complete(folder, source):
-                raise
+        _publish_folder(tmp, folder, source)
     finally:
         _remove(tmp)
 
 
-def _discard(folder: Path) -> None:
-    """Take an incomplete folder out of the way at once (one rename), then delete it."""
+def _publish_folder(tmp: Path, folder: Path, source: str) -> None:
+    """Rename the finished ``tmp`` to ``folder``, never touching a complete ``folder``.
+
+    Other processes may be reading a complete folder, so one that is there is kept. Only an
+    incomplete folder in the way (no marker for ``source``) is moved aside, and the rename tried
+    again. A rename onto an existing non-empty folder fails, so two builders cannot both win.
+    """
+    for _ in range(10):
+        try:
+            os.replace(tmp, folder)
+            return
+        except OSError:
+            if is_complete(folder, source):
+                return  # another process finished it first
+            _discard_incomplete(folder, source)
+    raise _cache_error(folder, "could not be replaced by the newly built folder",
+                       "Check that no other program holds files open in it, delete it and run again.")
+
+
+def _discard_incomplete(folder: Path, source: str) -> None:
+    """Move an incomplete folder out of the way in one rename, then delete it."""
     aside = _part_path(folder)
     try:
         os.replace(folder, aside)
     except FileNotFoundError:
         return
+    if is_complete(aside, source):  # another process finished it just now: put it back
+        with contextlib.suppress(OSError):  # fails only if yet another complete one is in place
+            os.replace(aside, folder)
     _remove(aside)
 
 

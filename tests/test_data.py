@@ -296,31 +296,41 @@ def test_damaged_file_is_replaced_in_one_rename(mirrored_resource, monkeypatch):
     assert target not in unlinked
 
 
-def _hammer(name: str, rounds: int, queue) -> None:
-    """One of several processes that fetch and damage the same cached file, again and again."""
+def _report(work, args, queue) -> None:
+    """Run ``work(*args)`` in a child process and tell the parent "ok" or the error."""
     try:
-        for i in range(rounds):
-            path = data.fetch(name)
-            if i % 3 == 0:  # damage it for the others: truncated, then written over in place
-                with open(path, "r+b") as f:
-                    f.truncate(10)
+        work(*args)
         queue.put("ok")
     except BaseException as err:  # noqa: BLE001 - report anything to the parent
         queue.put(f"{type(err).__name__}: {err}")
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="uses fork")
-def test_parallel_processes_never_crash_on_a_damaged_cache(mirrored_resource):
-    target, content = mirrored_resource
+def _in_processes(work, args: tuple, count: int) -> list[str]:
+    """What each of ``count`` forked processes running ``work(*args)`` at once reported."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    workers = [context.Process(target=_hammer, args=("demo", 30, queue)) for _ in range(4)]
+    workers = [context.Process(target=_report, args=(work, args, queue)) for _ in range(count)]
     for w in workers:
         w.start()
     results = [queue.get(timeout=60) for _ in workers]
     for w in workers:
         w.join(timeout=10)
-    assert results == ["ok"] * 4
+    return results
+
+
+def _hammer(name: str, rounds: int) -> None:
+    """One of several processes that fetch and damage the same cached file, again and again."""
+    for i in range(rounds):
+        path = data.fetch(name)
+        if i % 3 == 0:  # damage it for the others: truncated, then written over in place
+            with open(path, "r+b") as f:
+                f.truncate(10)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses fork")
+def test_parallel_processes_never_crash_on_a_damaged_cache(mirrored_resource):
+    target, content = mirrored_resource
+    assert _in_processes(_hammer, ("demo", 30), count=4) == ["ok"] * 4
     assert data.fetch("demo").read_bytes() == content
     assert not leftovers(target.parent)
 
@@ -419,6 +429,24 @@ def test_build_folder_keeps_what_another_process_finished_first(tmp_path):
     with data.build_folder(target, "recipe 2") as tmp:  # another recipe replaces it
         (tmp / "new.txt").write_text("new")
     assert data.is_complete(target, "recipe 2") and not data.is_complete(target, "recipe 1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["made"]
+
+
+def test_a_complete_folder_is_never_removed_under_its_readers(tmp_path, monkeypatch):
+    target = tmp_path / "made"
+    with data.build_folder(target, "r") as theirs:  # another process finished first
+        (theirs / "theirs.txt").write_text("theirs")
+    inode = target.stat().st_ino
+    real_is_complete, looks = data.is_complete, []
+
+    def first_look_too_early(folder, source):  # our first look came before theirs was in place
+        looks.append(folder)
+        return False if len(looks) == 1 else real_is_complete(folder, source)
+
+    monkeypatch.setattr(data, "is_complete", first_look_too_early)
+    with data.build_folder(target, "r") as mine:
+        (mine / "mine.txt").write_text("mine")
+    assert target.stat().st_ino == inode and (target / "theirs.txt").exists()  # theirs, never moved for long
     assert sorted(p.name for p in tmp_path.iterdir()) == ["made"]
 
 
@@ -567,14 +595,10 @@ def test_fashion_mnist_loader_checks_its_arguments_before_reading(isolated_data,
         data.load_fashion_mnist(**({"batch_size": 32} | kwargs))
 
 
-def _extract_each(names: list[str], queue) -> None:
-    try:
-        for name in names:  # the processes race to unpack each archive first
-            folder = data.extract(name)
-            assert (folder / "a.txt").read_text() == "a" and (folder / "b" / "c.txt").read_text() == "c"
-        queue.put("ok")
-    except BaseException as err:  # noqa: BLE001 - report anything to the parent
-        queue.put(f"{type(err).__name__}: {err}")
+def _extract_each(names: list[str]) -> None:
+    for name in names:  # the processes race to unpack each archive first
+        folder = data.extract(name)
+        assert (folder / "a.txt").read_text() == "a" and (folder / "b" / "c.txt").read_text() == "c"
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uses fork")
@@ -589,15 +613,7 @@ def test_parallel_processes_extract_the_same_archive(isolated_data, tmp_path, mo
     for name in names:
         (tmp_path / "mirror" / f"{name}.zip").write_bytes(buffer.getvalue())
         monkeypatch.setitem(data.RESOURCES, name, data.Resource(name, None, sha1(buffer.getvalue()), f"{name}.zip"))
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    workers = [context.Process(target=_extract_each, args=(names, queue)) for _ in range(3)]
-    for w in workers:
-        w.start()
-    results = [queue.get(timeout=60) for _ in workers]
-    for w in workers:
-        w.join(timeout=10)
-    assert results == ["ok"] * 3
+    assert _in_processes(_extract_each, (names,), count=3) == ["ok"] * 3
     assert sorted(p.name for p in isolated_data.iterdir() if p.is_dir()) == sorted(names)
     assert all(data.is_complete(isolated_data / name, f"{name}.zip sha1 {sha1(buffer.getvalue())}") for name in names)
     assert not leftovers(isolated_data)
