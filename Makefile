@@ -15,7 +15,7 @@ NOTEBOOKS := $(wildcard chapter_*/*.ipynb)
 # for 3.10). make clean removes it; it is rebuilt when pyproject.toml changes.
 FLOOR_VENV ?= build/venv-floor
 FLOOR_PACKAGES ?= "torch==2.3.1" "torchvision==0.18.1" "numpy==1.24.0" "pandas==2.0.0" "matplotlib==3.7.0" \
-	"pillow==9.3.0" "scikit-learn==1.3.0" "scipy==1.10.0"
+	"pillow==9.3.0" "scikit-learn==1.3.0" "scipy==1.10.0" "vega_datasets==0.9.0"
 # The notebooks that use APIs whose behaviour or existence depends on the version.
 FLOOR_NOTEBOOKS ?= chapter_multilayer-perceptrons/read-write.ipynb \
 	chapter_optimization/sgd.ipynb \

@@ -169,9 +169,15 @@ class PackagedFile:
 
 
 # digits.csv.gz is the same file in scikit-learn 1.3.0 (the declared floor) and 1.9.1.
+# vega_datasets 0.9.0 (the declared floor, and its latest release) ships NOAA's Seattle weather:
+# hourly temperatures of 2010 (degrees F) and daily weather of 2012-2015.
 PACKAGED_FILES: dict[str, PackagedFile] = {
     "sklearn-digits": PackagedFile("sklearn-digits", "sklearn", "datasets/data/digits.csv.gz",
                                    "e0cd714d06606e7585101a8fd0314cbd1307e336", "scikit-learn"),
+    "seattle-temps": PackagedFile("seattle-temps", "vega_datasets", "_data/seattle-temps.csv",
+                                  "23f4ae673d593f9568fcf895da8d4d8e6f1bac2d", "vega_datasets"),
+    "seattle-weather": PackagedFile("seattle-weather", "vega_datasets", "_data/seattle-weather.csv",
+                                    "7c9ee714375f57d2108b2fb521f56be662545658", "vega_datasets"),
 }
 
 

@@ -638,3 +638,9 @@ def test_packaged_file_is_verified(monkeypatch):
         data.packaged_file("x")
     with pytest.raises(KeyError, match="sklearn-digits"):
         data.packaged_file("nope")
+
+
+@pytest.mark.parametrize("name", sorted(data.PACKAGED_FILES))
+def test_every_packaged_file_is_installed_and_matches(name):
+    # A declared dependency's release that changed its copy of the data fails here first.
+    assert data.digest_of(data.packaged_file(name)) == data.PACKAGED_FILES[name].sha1
