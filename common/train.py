@@ -1,7 +1,8 @@
-"""Metrics, timing, evaluation and the classification training loop the chapters share."""
+"""Metrics, timing, evaluation, early stopping and the classification training loop the chapters share."""
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -93,6 +94,104 @@ def evaluate_accuracy(net: Callable, data_iter: Iterable, device: torch.device |
     return metric[0] / metric[1]
 
 
+def evaluate_loss(net: Callable, data_iter: Iterable, loss: Callable | None = None,
+                  device: torch.device | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy of ``net`` over all examples of ``data_iter``: ``(loss, accuracy)``.
+
+    ``loss`` returns the mean loss of a batch (default: cross-entropy); batches are weighted by
+    their size, so the result is the mean over examples even when the last batch is smaller.
+    """
+    loss = loss or nn.CrossEntropyLoss()
+    dev = device or device_of(net)
+    metric = Accumulator(3)  # sum of losses, correct predictions, examples
+    with _eval_mode(net):
+        for X, y in data_iter:
+            X, y = X.to(dev), y.to(dev)
+            y_hat = net(X)
+            metric.add(loss(y_hat, y) * y.numel(), accuracy(y_hat, y), y.numel())
+    if metric[2] == 0:
+        raise ValueError("evaluate_loss got no examples: data_iter yielded no batches. Check the dataset size "
+                         "and batch_size.")
+    return metric[0] / metric[2], metric[1] / metric[2]
+
+
+def _copy_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the module's state_dict on the CPU (it does not hold on to GPU memory)."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in net.state_dict().items()}
+
+
+class EarlyStopping:
+    """Stop training when the validation loss has not improved for ``patience`` epochs.
+
+    After every epoch, :meth:`step` evaluates the mean loss and accuracy of the net on
+    ``valid_iter`` (minibatches carved from the *training* data, never the test set). An epoch
+    improves when its validation loss is below the best so far by more than ``min_delta``; then a
+    copy of the net's ``state_dict`` is kept on the CPU. ``step`` returns True once ``patience``
+    epochs in a row have not improved; :meth:`restore` loads the best weights back. Pass it to
+    :func:`train_classifier` as ``early_stopping=``, or call ``step``/``restore`` in your own loop.
+
+    After training: ``best_epoch`` (1-based), ``best_loss``, ``best_state``, and the curves
+    ``valid_loss`` and ``valid_acc`` (one value per epoch).
+    """
+
+    def __init__(self, valid_iter: Iterable, patience: int = 5, min_delta: float = 0.0,
+                 loss: Callable | None = None):
+        _check_batches(valid_iter, "valid_iter")
+        self.valid_iter = valid_iter
+        self.patience = check_int("patience", patience, minimum=1)
+        self.min_delta = check_number("min_delta", min_delta, minimum=0)
+        self.loss = loss or nn.CrossEntropyLoss()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every epoch seen (``train_classifier`` calls it before training)."""
+        self.valid_loss: list[float] = []
+        self.valid_acc: list[float] = []
+        self.best_loss, self.best_epoch = math.inf, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.epochs_without_improvement = 0
+
+    @property
+    def should_stop(self) -> bool:
+        return self.epochs_without_improvement >= self.patience
+
+    def update(self, valid_loss: float, net: nn.Module, valid_acc: float = math.nan) -> bool:
+        """Record one epoch's validation loss (keeping ``net``'s weights if it is the best); True: stop."""
+        _check_module(net)
+        valid_loss = float(valid_loss)
+        self.valid_loss.append(valid_loss)
+        self.valid_acc.append(float(valid_acc))
+        epoch = len(self.valid_loss)
+        if valid_loss < self.best_loss - self.min_delta:  # a NaN loss never improves
+            self.best_loss, self.best_epoch = valid_loss, epoch
+            self.best_state = _copy_state(net)
+            self.epochs_without_improvement = 0
+        else:
+            self.epochs_without_improvement += 1
+        return self.should_stop
+
+    def step(self, net: nn.Module, device: torch.device | None = None) -> bool:
+        """Evaluate ``net`` on the validation data, record it, and say whether to stop."""
+        _check_module(net)
+        valid_loss, valid_acc = evaluate_loss(net, self.valid_iter, self.loss, device)
+        return self.update(valid_loss, net, valid_acc)
+
+    def restore(self, net: nn.Module) -> None:
+        """Load the weights of the best epoch into ``net`` (on the device where ``net`` is)."""
+        _check_module(net)
+        if self.best_state is None:
+            raise RuntimeError("EarlyStopping.restore: no epoch has been recorded yet (or every validation loss "
+                               "was NaN), so there are no best weights. Call step(net) after each epoch first.")
+        net.load_state_dict(self.best_state)
+
+
+def _check_module(net) -> None:
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"Early stopping keeps and restores the net's state_dict, so the net must be an nn.Module, "
+                        f"got {type(net).__name__}. Wrap a from-scratch model's parameters in an nn.Module "
+                        "(nn.Parameter attributes and a forward method), or stop by hand in your own loop.")
+
+
 class SGD:
     """Minibatch SGD from scratch, with the two methods of a ``torch.optim`` optimiser.
 
@@ -145,13 +244,23 @@ class History:
     test_acc: list[float] = field(default_factory=list)
     examples_per_sec: list[float] = field(default_factory=list)
     device: str = ""
+    # Filled only when training with early stopping (empty/None otherwise):
+    valid_loss: list[float] = field(default_factory=list)
+    valid_acc: list[float] = field(default_factory=list)
+    best_epoch: int | None = None  # 1-based; the epoch whose weights the net holds after training
 
     def __str__(self) -> str:
         if not self.train_loss:
             return "History(no epochs)"
-        return (f"loss {self.train_loss[-1]:.3f}, train acc {self.train_acc[-1]:.3f}, "
+        text = (f"loss {self.train_loss[-1]:.3f}, train acc {self.train_acc[-1]:.3f}, "
                 f"test acc {self.test_acc[-1]:.3f}, {sum(self.examples_per_sec) / len(self.examples_per_sec):.0f} "
                 f"examples/sec on {self.device}")
+        if self.best_epoch is not None:
+            best = self.best_epoch - 1
+            text += (f"\nearly stopping: {len(self.train_loss)} epochs, weights of epoch {self.best_epoch} restored "
+                     f"(valid loss {self.valid_loss[best]:.3f}, valid acc {self.valid_acc[best]:.3f}, "
+                     f"test acc {self.test_acc[best]:.3f})")
+        return text
 
 
 def mixed_precision(capability: tuple[int, int] | None, net, optimizer) -> tuple[torch.dtype | None, bool]:
@@ -254,7 +363,8 @@ def _check_finite_loss(batch_losses: list[torch.Tensor], epoch: int) -> None:
 
 def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, num_epochs: int,
                      optimizer, loss: Callable | None = None, device: torch.device | None = None,
-                     plot: bool = True, progress: bool = True) -> History:
+                     plot: bool = True, progress: bool = True,
+                     early_stopping: EarlyStopping | None = None) -> History:
     """Train a classifier with minibatches and return its per-epoch :class:`History`.
 
     ``net`` is an ``nn.Module`` or any function of the inputs returning logits (from-scratch
@@ -262,11 +372,24 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
     ``step()``; ``loss`` returns the mean loss of a batch (default: cross-entropy). On CUDA,
     modules train in mixed precision; conv nets train in channels-last memory format where
     :func:`uses_channels_last` says so.
+
+    With ``early_stopping`` (an :class:`EarlyStopping`, which needs an ``nn.Module``), the net is
+    evaluated on its validation data after every epoch, training stops after ``patience`` epochs
+    without improvement (or after ``num_epochs``), and the weights of the best epoch are
+    restored; the history then holds ``valid_loss``, ``valid_acc`` and ``best_epoch`` too. The
+    test data are only measured, never used to decide.
     """
     num_epochs = check_int("num_epochs", num_epochs, minimum=1)
     _check_optimizer(optimizer)
     _check_batches(train_iter, "train_iter")
     _check_batches(test_iter, "test_iter")
+    if early_stopping is not None:
+        if not isinstance(early_stopping, EarlyStopping):
+            raise TypeError(f"early_stopping must be a train.EarlyStopping or None, got "
+                            f"{type(early_stopping).__name__}. Make one with train.EarlyStopping(valid_iter, "
+                            "patience=5).")
+        _check_module(net)
+        early_stopping.reset()
     loss = loss or nn.CrossEntropyLoss()
     dev = device or device_of(net)
     channels_last = uses_channels_last(net, dev)
@@ -275,9 +398,14 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
     amp_dtype, scale_gradients = mixed_precision(_cuda_capability(dev), net, optimizer)
     scaler = torch.amp.GradScaler(dev.type, enabled=scale_gradients)
     history = History(device=str(dev))
-    live = LivePlot(xlabel="epoch", xlim=[1, max(num_epochs, 2)], panels=[
-        Panel("loss", curves=["train loss"]),  # autoscaled: losses start far above 1
-        Panel("accuracy", curves=["train acc", "test acc"], ylim=(0, 1))]) if plot else None
+    if early_stopping is None:
+        live = LivePlot(xlabel="epoch", xlim=[1, max(num_epochs, 2)], panels=[
+            Panel("loss", curves=["train loss"]),  # autoscaled: losses start far above 1
+            Panel("accuracy", curves=["train acc", "test acc"], ylim=(0, 1))]) if plot else None
+    else:
+        live = _LivePlotWithBest(xlabel="epoch", xlim=[1, max(num_epochs, 2)], panels=[
+            Panel("loss", curves=["train loss", "valid loss"]),
+            Panel("accuracy", curves=["train acc", "valid acc", "test acc"], ylim=(0, 1))]) if plot else None
     bar = progress_bar(num_epochs * len(train_iter), unit="batch") if progress else None
     for epoch in range(num_epochs):
         if isinstance(net, nn.Module):
@@ -310,17 +438,42 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
         history.train_loss.append(train_loss)
         history.train_acc.append(train_acc)
         history.test_acc.append(evaluate_accuracy(net, test_iter, dev))
+        stop = early_stopping is not None and early_stopping.step(net, dev)
         if bar is not None:
             bar.set_postfix(loss=f"{train_loss:.3f}", test_acc=f"{history.test_acc[-1]:.3f}")
         if live is not None:
-            live.add(epoch + 1, {"train loss": train_loss, "train acc": train_acc,
-                                 "test acc": history.test_acc[-1]})
+            points = {"train loss": train_loss, "train acc": train_acc}
+            if early_stopping is not None:
+                live.best_epoch = early_stopping.best_epoch or None
+                points |= {"valid loss": early_stopping.valid_loss[-1], "valid acc": early_stopping.valid_acc[-1]}
+            live.add(epoch + 1, points | {"test acc": history.test_acc[-1]})
+        if stop:
+            break
+    if early_stopping is not None:
+        early_stopping.restore(net)
+        history.valid_loss, history.valid_acc = list(early_stopping.valid_loss), list(early_stopping.valid_acc)
+        history.best_epoch = early_stopping.best_epoch
     if bar is not None:
         bar.close()
     if live is not None:
         live.finish()
     print(history)
     return history
+
+
+class _LivePlotWithBest(LivePlot):
+    """The training plot with a dotted vertical line at the best epoch so far (early stopping)."""
+
+    best_epoch: int | None = None
+
+    def _draw(self) -> None:
+        super()._draw()
+        if self.best_epoch is None:
+            return
+        for ax in self.all_axes:
+            ax.axvline(self.best_epoch, color="k", linestyle=":", linewidth=1,
+                       label=f"best epoch ({self.best_epoch})")
+            ax.legend(loc="best")
 
 
 def progress_bar(total: int, unit: str) -> ProgressBar:

@@ -257,3 +257,165 @@ def test_scratch_sgd_refuses_learning_rates_torch_refuses(lr, error):
         torch.optim.SGD(params, lr=-0.1)  # the reference: torch refuses a negative one too
     with pytest.raises(error, match="lr must be"):
         train.SGD(params, lr=lr)
+
+
+# Early stopping ---------------------------------------------------------------------------------
+
+def _net_at(value):
+    """A tiny module whose weights all equal ``value``: its state says which epoch it is from."""
+    net = nn.Linear(2, 2)
+    with torch.no_grad():
+        net.weight.fill_(value), net.bias.fill_(value)
+    return net
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement():
+    losses = [1.0, 0.8, 0.9, 0.85, 0.7, 0.75, 0.72, 0.71, 0.5]  # best: epoch 5; three worse ones follow
+    stopper = train.EarlyStopping([(torch.zeros(1, 2), torch.zeros(1).long())], patience=3)
+    net = nn.Linear(2, 2)
+    decisions = []
+    for epoch, valid_loss in enumerate(losses, start=1):
+        with torch.no_grad():
+            net.weight.fill_(epoch), net.bias.fill_(-epoch)
+        decisions.append(stopper.update(valid_loss, net))
+        if decisions[-1]:
+            break
+    assert decisions == [False] * 7 + [True]  # epoch 8 is the third in a row without improvement
+    assert (stopper.best_epoch, stopper.best_loss, stopper.valid_loss) == (5, 0.7, losses[:8])
+    with torch.no_grad():
+        net.weight.fill_(123.0)  # the kept copy is a copy, not a view of the live weights
+    stopper.restore(net)
+    torch.testing.assert_close(net.weight, torch.full((2, 2), 5.0))
+    torch.testing.assert_close(net.bias, torch.full((2,), -5.0))
+
+
+def test_early_stopping_min_delta_ignores_tiny_improvements():
+    stopper = train.EarlyStopping([(torch.zeros(1, 2), torch.zeros(1).long())], patience=3, min_delta=0.05)
+    net = nn.Linear(2, 2)
+    assert [stopper.update(v, net) for v in [1.0, 0.98, 0.97, 0.96]] == [False, False, False, True]
+    assert stopper.best_epoch == 1
+    plain = train.EarlyStopping([(torch.zeros(1, 2), torch.zeros(1).long())], patience=3)
+    assert [plain.update(v, net) for v in [1.0, 0.98, 0.97, 0.96]] == [False] * 4 and plain.best_epoch == 4
+
+
+def test_early_stopping_keeps_its_copy_on_the_cpu():
+    stopper = train.EarlyStopping([(torch.zeros(1, 2), torch.zeros(1).long())])
+    net = _net_at(2.0)
+    stopper.update(1.0, net)
+    assert all(t.device.type == "cpu" for t in stopper.best_state.values())
+    assert stopper.best_state["weight"].data_ptr() != net.weight.data_ptr()
+
+
+def test_evaluate_loss_is_the_mean_over_examples():
+    torch.manual_seed(0)
+    X, y = blobs(100)
+    net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))  # dropout must be off while evaluating
+    loader = data.TensorLoader(X, y, batch_size=32)  # 32, 32, 32, 4: batches of unequal size
+    mean_loss, acc = train.evaluate_loss(net, loader, device=torch.device("cpu"))
+    with torch.no_grad():
+        logits = net[0](X)
+    assert mean_loss == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    assert acc == pytest.approx((logits.argmax(1) == y).double().mean().item())
+    with pytest.raises(ValueError, match="evaluate_loss got no examples"):
+        train.evaluate_loss(net, [], device=torch.device("cpu"))
+
+
+def _scripted_valid_loss(losses, net, weights_seen):
+    """A 'loss' for the validation data (one batch) that returns the scripted values in turn and
+    records the weights the net had when it was evaluated."""
+    calls = iter(losses)
+
+    def loss(y_hat, y):
+        weights_seen.append(net.weight.detach().clone())
+        return torch.tensor(next(calls), dtype=torch.float64)
+    return loss
+
+
+def test_train_classifier_stops_early_and_restores_the_best_weights(capsys):
+    torch.manual_seed(0)
+    train_iter, _ = _blob_loaders()
+    X, y = blobs(64, seed=1)
+    net, seen = nn.Linear(2, 2), []
+    losses = [0.9, 0.6, 0.7, 0.65, 0.8, 0.1]  # best at epoch 2; patience 3 stops after epoch 5
+    stopper = train.EarlyStopping([(X, y)], patience=3, loss=_scripted_valid_loss(losses, net, seen))
+    history = train.train_classifier(net, train_iter, train_iter, 20, torch.optim.SGD(net.parameters(), lr=0.1),
+                                     device=torch.device("cpu"), plot=False, progress=False,
+                                     early_stopping=stopper)
+    assert len(history.train_loss) == len(history.test_acc) == len(history.valid_loss) == 5
+    assert history.valid_loss == losses[:5] and history.best_epoch == 2 and len(history.valid_acc) == 5
+    assert not torch.equal(seen[1], seen[4])  # training did move the weights after epoch 2
+    torch.testing.assert_close(net.weight, seen[1], rtol=0, atol=0)
+    assert "weights of epoch 2 restored (valid loss 0.600" in capsys.readouterr().out
+
+
+def test_train_classifier_without_early_stopping_is_unchanged(capsys):
+    runs = []
+    for early_stopping in (None, "patience larger than the run"):
+        torch.manual_seed(0)
+        train_iter, valid_iter = _blob_loaders()
+        net = nn.Linear(2, 2)
+        stopper = None if early_stopping is None else train.EarlyStopping(valid_iter, patience=10)
+        history = train.train_classifier(net, train_iter, valid_iter, 3, torch.optim.SGD(net.parameters(), lr=0.1),
+                                         device=torch.device("cpu"), plot=False, progress=False,
+                                         early_stopping=stopper)
+        runs.append((history, net.weight.detach().clone(), capsys.readouterr().out))
+    (plain, _, plain_out), (stopped, _, stopped_out) = runs
+    assert (plain.valid_loss, plain.valid_acc, plain.best_epoch) == ([], [], None)
+    assert "early stopping" not in plain_out and "early stopping" in stopped_out
+    assert plain_out.count("\n") == 1  # one summary line, as before early stopping existed
+    # Evaluating on validation data draws no random numbers: the same seed trains the same way.
+    assert plain.train_loss == stopped.train_loss and plain.test_acc == stopped.test_acc
+    assert len(stopped.valid_loss) == 3
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda v: train.EarlyStopping(v, patience=0), ValueError, "patience must be a positive integer, got 0"),
+    (lambda v: train.EarlyStopping(v, patience=2.5), TypeError, "patience must be a whole number"),
+    (lambda v: train.EarlyStopping(v, min_delta=-0.1), ValueError, "min_delta must be a finite number >= 0"),
+    (lambda v: train.EarlyStopping([]), ValueError, "valid_iter has no minibatches"),
+    (lambda v: train.EarlyStopping(3), TypeError, "valid_iter must be an iterable of"),
+    (lambda v: train.EarlyStopping(v).restore(nn.Linear(2, 2)), RuntimeError, "no epoch has been recorded"),
+    (lambda v: train.EarlyStopping(v).step(lambda X: X), TypeError, "must be an nn.Module, got function"),
+])
+def test_early_stopping_checks_its_arguments(make, error, message):
+    _, valid_iter = _blob_loaders()
+    with pytest.raises(error, match=message):
+        make(valid_iter)
+
+
+def test_train_classifier_checks_its_early_stopping_argument():
+    train_iter, valid_iter = _blob_loaders()
+    W = torch.zeros(2, 2, requires_grad=True)
+    with pytest.raises(TypeError, match="net must be an nn.Module, got function"):
+        train.train_classifier(lambda X: X @ W, train_iter, valid_iter, 2, train.SGD([W], lr=0.1),
+                               device=torch.device("cpu"), plot=False, progress=False,
+                               early_stopping=train.EarlyStopping(valid_iter))
+    net = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="early_stopping must be a train.EarlyStopping or None, got int"):
+        train.train_classifier(net, train_iter, valid_iter, 2, torch.optim.SGD(net.parameters(), lr=0.1),
+                               device=torch.device("cpu"), plot=False, progress=False, early_stopping=5)
+
+
+def test_training_plot_marks_the_best_epoch():
+    torch.manual_seed(0)
+    train_iter, valid_iter = _blob_loaders()
+    net = nn.Linear(2, 2)
+    plots = []
+    real_finish = train._LivePlotWithBest.finish
+
+    def finish(self):
+        plots.append(self)
+        real_finish(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train._LivePlotWithBest, "finish", finish)
+        history = train.train_classifier(net, train_iter, valid_iter, 3, torch.optim.SGD(net.parameters(), lr=0.1),
+                                         device=torch.device("cpu"), progress=False,
+                                         early_stopping=train.EarlyStopping(valid_iter, patience=5))
+    (live,) = plots
+    assert set(live.curves) == {"train loss", "valid loss", "train acc", "valid acc", "test acc"}
+    for ax in live.all_axes:
+        marks = [line for line in ax.get_lines() if line.get_label().startswith("best epoch")]
+        assert len(marks) == 1 and list(marks[0].get_xdata()) == [history.best_epoch] * 2
+    import matplotlib.pyplot as plt
+    plt.close(live.fig)
