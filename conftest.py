@@ -1,9 +1,21 @@
-"""Smoke-run report: the wall time of every notebook, written to build/smoke-times.txt.
+"""Hooks for the notebooks that nbval executes.
 
-The times are a report, never a test: nothing fails because a notebook was slow.
+* Smoke-run report: the wall time of every notebook, written to build/smoke-times.txt. The times
+  are a report, never a test: nothing fails because a notebook was slow.
+* Cells run as Jupyter runs them: nbval sends each cell with ``store_history=False``, and IPython 9
+  then shows the value of a statement that ends in ``;``, which Jupyter hides. We send cells with
+  ``store_history=True``, so the test run shows what a learner sees.
+* Output hygiene: a cell whose executed output shows the repr of a matplotlib object
+  (``<Figure size ...>``, ``<Axes: ...>``, ``[<matplotlib.lines.Line2D ...>]``) fails; end the
+  plotting statement with ``;`` or assign its result.
 """
+import re
 from collections import defaultdict
 from pathlib import Path
+
+import pytest
+
+MATPLOTLIB_REPR = re.compile(r"^\[?<(Figure|Axes|matplotlib)\b", re.MULTILINE)
 
 _seconds = defaultdict(float)
 
@@ -28,3 +40,39 @@ def pytest_terminal_summary(terminalreporter):
     for line in lines[:10]:
         terminalreporter.write_line(line)
     terminalreporter.write_line(f"{total:8.1f} s  summed over all notebooks")
+
+
+def _execute_like_jupyter(self, cell_input, allow_stdin=None):
+    return self.kc.execute(cell_input, store_history=True, allow_stdin=allow_stdin, stop_on_error=False)
+
+
+def pytest_configure(config):
+    try:
+        from nbval import kernel
+    except ImportError:  # nbval not installed: no notebooks are executed
+        return
+    kernel.RunningKernel.execute_cell_input = _execute_like_jupyter
+
+
+def matplotlib_reprs(outputs) -> list[str]:
+    """The text outputs among ``outputs`` (nbformat dicts) that print a matplotlib object."""
+    texts = []
+    for out in outputs:
+        if out.get("output_type") == "stream":
+            texts.append(out.get("text", ""))
+        elif not any(mime.startswith("image/") for mime in out.get("data", {})):
+            texts.append(out.get("data", {}).get("text/plain", ""))  # a figure's own fallback text is fine
+    return [text for text in texts if MATPLOTLIB_REPR.search(text)]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    outputs = getattr(item, "test_outputs", None)  # set by nbval's cells once executed
+    if call.when == "call" and report.passed and outputs:
+        found = matplotlib_reprs(outputs)
+        if found:
+            report.outcome = "failed"
+            report.longrepr = (f"{item.nodeid}: the cell prints {found[0].strip()[:80]!r}; end the "
+                               "plotting statement with ';' or assign its result.")

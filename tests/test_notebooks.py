@@ -1,4 +1,6 @@
 """Notebook hygiene: every notebook is valid, clean, and starts with the shared header."""
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -73,3 +75,19 @@ def test_no_markdown_headings_hidden_in_code_cells(path):
             headings = [line for line in cell.source.splitlines() if line.startswith("# #")]
             assert not headings, f"code cell {i} holds a markdown heading as a comment: {headings[0]!r}"
 
+
+
+def test_executed_cells_may_not_show_matplotlib_reprs(tmp_path):
+    # The repository's conftest.py, loaded as a plugin, runs a small notebook through nbval: a
+    # plot call ending in ';' stays silent, one without it (or a bare Axes) fails its cell.
+    cells = ["import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt",
+             "plt.plot([1, 2]);", "plt.plot([1, 2])", "fig, ax = plt.subplots()\nax", "x = 1\nx"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "probe.ipynb")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-q",
+                          "--nbval-lax", "--rootdir", str(tmp_path), str(tmp_path / "probe.ipynb")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    failed = sorted(line.split("::")[1].split(" - ")[0] for line in run.stdout.splitlines()
+                    if line.startswith("FAILED"))
+    assert failed == ["Cell 2", "Cell 3"], run.stdout[-3000:]
