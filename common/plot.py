@@ -101,12 +101,22 @@ def _image_to_show(img, i: int):
     return img.numpy()
 
 
+def _aspect_ratio(img) -> float:
+    """Height over width of an image as imshow takes it (array or PIL image)."""
+    width, height = img.size if hasattr(img, "getbbox") else (np.shape(img)[1], np.shape(img)[0])
+    return height / width
+
+
 def show_images(images, num_rows: int, num_cols: int, titles: Sequence[str] | None = None,
                 scale: float = 1.5):
-    """A grid of images: tensors (C, H, W) or (H, W), arrays or PIL images. Returns the axes."""
+    """A grid of images: tensors (C, H, W) or (H, W), arrays or PIL images. Returns the axes.
+
+    Each cell is ``scale`` inches wide and as high as the first image's aspect ratio asks, so
+    that wide photos leave no empty bands between the rows.
+    """
     num_rows, num_cols = check_int("num_rows", num_rows, minimum=1), check_int("num_cols", num_cols, minimum=1)
     images = [_image_to_show(img, i) for i, img in zip(range(num_rows * num_cols), images)]
-    figsize = (num_cols * scale, num_rows * scale)
+    figsize = (num_cols * scale, num_rows * scale * _aspect_ratio(images[0]) if images else num_rows * scale)
     _, axes = plt.subplots(num_rows, num_cols, figsize=figsize, squeeze=False)
     axes = axes.flatten()
     for i, (ax, img) in enumerate(zip(axes, images)):

@@ -20,6 +20,15 @@ def test_show_images_accepts_gray_and_color_tensors():
     assert [ax.get_title() for ax in axes] == ["a", "b", "c"]
 
 
+def test_show_images_sizes_the_figure_by_the_aspect_ratio():
+    from PIL import Image
+
+    wide = plot.show_images([torch.rand(3, 10, 20)] * 4, 2, 2, scale=2)    # tensors (C, H, W)
+    assert tuple(wide[0].figure.get_size_inches()) == pytest.approx((4, 2))
+    photo = plot.show_images([Image.new("RGB", (30, 10))], 1, 1, scale=3)  # PIL: size is (W, H)
+    assert tuple(photo[0].figure.get_size_inches()) == pytest.approx((3, 1))
+
+
 def test_live_plot_is_silent_outside_jupyter(capsys):
     live = plot.LivePlot()
     for epoch in range(3):
