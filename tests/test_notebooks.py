@@ -80,7 +80,9 @@ def test_no_markdown_headings_hidden_in_code_cells(path):
 def test_executed_cells_may_not_show_matplotlib_reprs(tmp_path):
     # The repository's conftest.py, loaded as a plugin, runs a small notebook through nbval: a
     # plot call ending in ';' stays silent, one without it (or a bare Axes) fails its cell.
-    cells = ["import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt",
+    # The kernel's own inline backend: switching to Agg inside a kernel fails with matplotlib 3.7
+    # under IPython 9 (pyplot imports IPython's removed backend2gui).
+    cells = ["import matplotlib.pyplot as plt",
              "plt.plot([1, 2]);", "plt.plot([1, 2])", "fig, ax = plt.subplots()\nax", "x = 1\nx"]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
