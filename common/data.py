@@ -679,6 +679,49 @@ def read_text(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Trained models cached by their recipe (the course backbone, the FID classifier, BERT...)
+# ---------------------------------------------------------------------------------------------
+
+def recipe_key(recipe: dict) -> str:
+    """A file-name-safe key that changes whenever any setting of ``recipe`` changes."""
+    if not recipe:
+        raise ValueError("recipe is empty: give the settings that determine the trained model "
+                         "(sizes, epochs, learning rate, a version number), so that changing one retrains it.")
+    key = "-".join(f"{name}{value}" for name, value in sorted(recipe.items()))
+    return re.sub(r"[^A-Za-z0-9_.=-]", "_", key)
+
+
+def cached_state(name: str, recipe: dict, train: Callable[[dict], dict]) -> dict:
+    """The state dict that ``train(recipe)`` returns, trained once and then read from the cache.
+
+    It is saved under ``<data cache>/derived/<name>-<recipe key>.pt``: a change of any setting
+    trains a new model. Training runs with the random generators seeded 0 (the same model whichever
+    notebook trains it first) and restores the caller's random state afterwards. The file appears
+    complete or not at all; one that cannot be read is trained again.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"name must be letters, digits, '.', '_' or '-' (it names a file), got {name!r}.")
+    path = data_dir() / "derived" / f"{name}-{recipe_key(recipe)}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a damaged file (disk full, edited by hand): train again
+            print(f"The cached {path.name} cannot be read ({type(err).__name__}); training it again.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        state = train(recipe)
+    if not isinstance(state, dict):
+        raise TypeError(f"train must return a state dict (module.state_dict()), got {type(state).__name__}.")
+    tmp = _temporary_sibling(path)
+    try:
+        torch.save({k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
 # In-memory minibatches
 # ---------------------------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import pickle
 import re
 import tarfile
@@ -286,19 +285,9 @@ def course_backbone() -> tuple[ResNet18, DataSource]:
     mode, a GPU job in full mode) and saved under the data cache, keyed by its recipe.
     """
     recipe = backbone_recipe()
-    key = "-".join(f"{k}{v}" for k, v in sorted(recipe.items()))
-    path = data.data_dir() / "derived" / f"course-resnet18-cifar8-{key}.pt"
     net = ResNet18(num_classes=len(SOURCE_CLASSES), width=recipe["width"])
-    if path.exists():
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    else:
-        with torch.random.fork_rng(devices=[]):  # the same backbone whichever notebook trains it first,
-            torch.manual_seed(0)                  # and the caller's random numbers stay as they were
-            state = _train_course_backbone(recipe).state_dict()
-        tmp = data._temporary_sibling(path)
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # appears complete or not at all
-        net.load_state_dict(state)
+    net.load_state_dict(data.cached_state("course-resnet18-cifar8", recipe,
+                                          lambda r: _train_course_backbone(r).state_dict()))
     source = DataSource("course ResNet-18 pretrained on 8 CIFAR-10 classes", upstream=False,
                         note=f"width {recipe['width']}, {recipe['per_class']} images per class, "
                              f"{recipe['epochs']} epochs at {recipe['image_size']}x{recipe['image_size']} pixels; "

@@ -644,3 +644,55 @@ def test_packaged_file_is_verified(monkeypatch):
 def test_every_packaged_file_is_installed_and_matches(name):
     # A declared dependency's release that changed its copy of the data fails here first.
     assert data.digest_of(data.packaged_file(name)) == data.PACKAGED_FILES[name].sha1
+
+
+# ---------------------------------------------------------------------------------------------
+# cached_state: trained models cached by their recipe
+# ---------------------------------------------------------------------------------------------
+
+def _counting_trainer(calls):
+    def train(recipe):
+        calls.append(recipe)
+        return torch.nn.Linear(recipe["width"], 1).state_dict()
+    return train
+
+
+def test_cached_state_trains_once_per_recipe(isolated_data):
+    calls = []
+    first = data.cached_state("tiny", {"width": 3, "version": 1}, _counting_trainer(calls))
+    again = data.cached_state("tiny", {"version": 1, "width": 3}, _counting_trainer(calls))  # order-free key
+    assert len(calls) == 1
+    torch.testing.assert_close(again, first)
+    data.cached_state("tiny", {"width": 4, "version": 1}, _counting_trainer(calls))
+    assert len(calls) == 2  # a changed setting is a new model
+    assert sorted(p.name for p in (isolated_data / "derived").iterdir()) == [
+        "tiny-version1-width3.pt", "tiny-version1-width4.pt"]  # no .part files left behind
+
+
+def test_cached_state_trains_seeded_and_keeps_the_callers_random_state(isolated_data):
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    state = data.cached_state("tiny", {"width": 2}, lambda r: torch.nn.Linear(r["width"], 1).state_dict())
+    torch.testing.assert_close(torch.rand(3), expected_next)
+    torch.manual_seed(0)
+    torch.testing.assert_close(state["weight"], torch.nn.Linear(2, 1).weight.detach())
+
+
+def test_cached_state_retrains_a_damaged_file(isolated_data, capsys):
+    calls = []
+    data.cached_state("tiny", {"width": 3}, _counting_trainer(calls))
+    (isolated_data / "derived" / "tiny-width3.pt").write_bytes(b"half a file")
+    state = data.cached_state("tiny", {"width": 3}, _counting_trainer(calls))
+    assert len(calls) == 2 and "cannot be read" in capsys.readouterr().out
+    assert state["weight"].shape == (1, 3)
+
+
+def test_cached_state_rejects_bad_input(isolated_data):
+    with pytest.raises(ValueError, match="recipe is empty"):
+        data.cached_state("tiny", {}, _counting_trainer([]))
+    with pytest.raises(ValueError, match="names a file"):
+        data.cached_state("../escape", {"width": 1}, _counting_trainer([]))
+    with pytest.raises(TypeError, match="state dict"):
+        data.cached_state("tiny", {"width": 1}, lambda r: torch.nn.Linear(1, 1))
+    assert not list((isolated_data / "derived").glob("*.pt"))
