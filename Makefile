@@ -71,13 +71,11 @@ test-floor: $(FLOOR_VENV)/.installed
 		--nbval-lax --nbval-cell-timeout=600 --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		tests $(FLOOR_NOTEBOOKS)
 
-# Full mode (the real sizes; meant for a GPU machine): executed copies go to build/book/.
+# Full mode (the real sizes; meant for a GPU machine): executed copies go to build/book/ and
+# RESULTS.md is regenerated from them. One chapter: make book NOTEBOOKS="chapter_x/*.ipynb";
+# notebooks already executed at this commit are skipped unless BOOK_FLAGS=--force.
 book: install
-	@for nb in $(NOTEBOOKS); do \
-		echo "== $$nb"; \
-		COURSE_SMOKE=0 $(VENV)/bin/jupyter nbconvert --to notebook --execute \
-			--ExecutePreprocessor.timeout=-1 --output-dir build/book/$$(dirname $$nb) $$nb || exit 1; \
-	done
+	$(PY) -m common.book $(BOOK_FLAGS) $(NOTEBOOKS)
 
 bench: install
 	$(PY) -m common.bench

@@ -1,0 +1,249 @@
+"""``make book``: notebooks executed in full mode, and ``RESULTS.md`` generated from them.
+
+Every notebook states its headline result with :func:`check_result`, which asserts it against the
+notebook's threshold and prints one line, ``result: NAME = VALUE (asserted OP THRESHOLD; d2l: ...)``.
+``python -m common.book [--force] [NOTEBOOK ...]`` executes the notebooks named (all by default)
+with ``COURSE_SMOKE=0`` into ``build/book/``, one at a time, printing each one's time and result as
+it goes. An executed copy records the commit, the source notebook's digest, the device and the wall
+time in its metadata; a notebook already executed from the same source at the same commit is not
+run again unless ``--force`` is given. Then ``RESULTS.md`` is rewritten from the executed copies:
+a notebook executed now gets a new row, every other row is kept as the last run wrote it. The
+table is never edited by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checks import check_number
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK_DIR = ROOT / "build" / "book"
+RESULTS_FILE = ROOT / "RESULTS.md"
+RESULT_LINE = re.compile(r"^result: (?P<name>.+?) = (?P<value>\S+) \(asserted (?P<op>[<>]) (?P<threshold>\S+?)"
+                         r"(?:; d2l: (?P<d2l>.+))?\)$", flags=re.MULTILINE)
+
+# Notebooks whose full mode is a GPU job: their rows say so until a GPU machine runs them.
+NEEDS_GPU = {
+    "chapter_convolutional-modern/alexnet.ipynb": "about 3 hours on 2 CPU cores (measured)",
+    **{f"chapter_convolutional-modern/{name}.ipynb": "not measured on a CPU"
+       for name in ("vgg", "nin", "googlenet", "resnet", "densenet")},
+    "chapter_attention-mechanisms/vision-transformer.ipynb": "not measured on a CPU",
+    **{f"chapter_computer-vision/{name}.ipynb": "not measured on a CPU"
+       for name in ("image-augmentation", "kaggle-cifar10", "fcn", "ssd", "fine-tuning", "neural-style")},
+}
+
+
+def check_result(name: str, value: float, *, above: float | None = None, below: float | None = None,
+                 d2l: str | float | None = None) -> None:
+    """Assert a notebook's headline result, ``value > above`` or ``value < below``, and print it.
+
+    The printed line is what ``make book`` collects into ``RESULTS.md``; ``d2l`` is the figure
+    that d2l publishes for the same experiment, where there is one. It returns nothing, so that a
+    notebook cell ending with it shows only the line.
+    """
+    if (above is None) == (below is None):
+        raise ValueError("check_result needs exactly one threshold: above=... (higher is better) "
+                         "or below=... (lower is better).")
+    value = float(value)  # a one-element tensor or NumPy number is fine; NaN fails the comparison below
+    threshold = check_number("above" if below is None else "below", above if below is None else below)
+    passed = value > threshold if below is None else value < threshold
+    op = ">" if below is None else "<"
+    line = f"result: {name} = {value:.4g} (asserted {op} {threshold:.4g}" + ("" if d2l is None else f"; d2l: {d2l}")
+    print(line + ")")
+    assert passed, f"{name} = {value:.4g}, expected {op} {threshold:.4g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Executing notebooks
+# ---------------------------------------------------------------------------------------------
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def device_name() -> str:
+    """The accelerator full mode runs on, as a learner would say it."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return f"Apple MPS ({platform.machine()})"
+    return f"CPU, {os.cpu_count()} cores ({platform.machine()})"
+
+
+def executed_path(notebook: Path) -> Path:
+    return BOOK_DIR / notebook.resolve().relative_to(ROOT)
+
+
+def is_up_to_date(notebook: Path, commit: str) -> bool:
+    """Whether ``build/book`` holds a run of this very notebook source at this commit."""
+    import nbformat
+
+    target = executed_path(notebook)
+    if not target.exists():
+        return False
+    record = nbformat.read(target, as_version=4).metadata.get("course_book", {})
+    return record.get("commit") == commit and record.get("source_sha1") == _digest(notebook)
+
+
+def execute(notebook: Path, commit: str) -> dict:
+    """Run ``notebook`` in full mode into ``build/book/`` and return its record (also in its metadata)."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(notebook, as_version=4)
+    client = NotebookClient(nb, timeout=None, kernel_name="python3",
+                            resources={"metadata": {"path": str(notebook.parent)}})
+    start = time.perf_counter()
+    error = ""
+    try:
+        client.execute(env={**os.environ, "COURSE_SMOKE": "0"})  # the kernel's environment only
+    except CellExecutionError as err:
+        error = str(err).strip().splitlines()[-1][:300]
+    record = {"commit": commit, "source_sha1": _digest(notebook), "device": device_name(),
+              "seconds": round(time.perf_counter() - start), "status": "failed" if error else "passed",
+              "error": error}
+    nb.metadata["course_book"] = record
+    target = executed_path(notebook)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".part")
+    nbformat.write(nb, tmp)
+    os.replace(tmp, target)  # a half-written copy never counts as executed
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# RESULTS.md
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    notebook: str  # relative path, e.g. chapter_convolutional-modern/lenet.ipynb
+    result: str
+    asserted: str
+    d2l: str
+    device: str
+    time: str
+    commit: str
+
+    def markdown(self) -> str:
+        cells = [f"[{self.notebook}]({self.notebook})", self.result, self.asserted, self.d2l, self.device,
+                 self.time, self.commit]
+        return "| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |"
+
+
+HEADER = ["notebook", "result", "asserted", "d2l", "device", "wall time", "commit"]
+
+
+def _minutes(seconds: int) -> str:
+    return f"{seconds} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def row_from_executed(path: Path) -> Row:
+    """The table row of one executed notebook: its ``result:`` lines, status, device and time."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    record = nb.metadata.get("course_book", {})
+    texts = [output.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+             for output in cell.get("outputs", []) if output.get("name") == "stdout"]
+    found = [m for text in texts for m in RESULT_LINE.finditer(text)]
+    if record.get("status") == "failed":
+        result, asserted = f"FAILED: {record.get('error', '')}", ""
+    elif found:
+        result = "; ".join(f"{m['name']} {m['value']}" for m in found)
+        asserted = "; ".join(f"{m['op']} {m['threshold']}" for m in found)
+    else:
+        result, asserted = "passed (no headline result stated)", ""
+    d2l = "; ".join(m["d2l"] for m in found if m["d2l"]) or "—"
+    return Row(path.relative_to(BOOK_DIR).as_posix(), result, asserted, d2l, record.get("device", "?"),
+               _minutes(record.get("seconds", 0)), record.get("commit", "?"))
+
+
+def _rows_in(results_file: Path) -> dict[str, Row]:
+    """The rows of an existing RESULTS.md, by notebook (the format :meth:`Row.markdown` writes)."""
+    rows = {}
+    if not results_file.exists():
+        return rows
+    for line in results_file.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        link = re.fullmatch(r"\[(.+?)\]\(.+?\)", cells[0]) if len(cells) == len(HEADER) else None
+        if link:
+            rows[link[1]] = Row(link[1], *cells[1:])
+    return rows
+
+
+def write_results(notebooks: list[Path], results_file: Path = RESULTS_FILE) -> None:
+    """Rewrite RESULTS.md: rows from build/book for the executed notebooks, earlier rows for the rest."""
+    rows = _rows_in(results_file)
+    for path in sorted(BOOK_DIR.glob("chapter_*/*.ipynb")):
+        row = row_from_executed(path)
+        rows[row.notebook] = row
+    lines = ["# What full mode reaches",
+             "",
+             "Generated by `make book` (`python -m common.book`) from notebooks executed in full mode",
+             "(`COURSE_SMOKE=0`); never edited by hand. `result` is each notebook's headline figure as",
+             "its `check_result` line printed it, `asserted` the threshold it must beat, `d2l` the figure",
+             "d2l publishes for the same experiment. Wall times are for the whole notebook on the device named.",
+             "",
+             "| " + " | ".join(HEADER) + " |",
+             "|" + "---|" * len(HEADER)]
+    for notebook in notebooks:
+        name = notebook.resolve().relative_to(ROOT).as_posix()
+        if name not in rows:
+            todo = f"needs a GPU: {NEEDS_GPU[name]}" if name in NEEDS_GPU else "not run in full mode yet"
+            rows[name] = Row(name, todo, "", "—", "", "", "")
+        lines.append(rows[name].markdown())
+    tmp = results_file.with_suffix(".part")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, results_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to execute (default: all)")
+    parser.add_argument("--force", action="store_true", help="run again those already run at this commit")
+    args = parser.parse_args(argv)
+    everything = sorted(ROOT.glob("chapter_*/*.ipynb"))
+    chosen = args.notebooks or everything
+    wrong = [str(p) for p in chosen if not p.is_file() or p.suffix != ".ipynb"
+             or p.resolve().parent.parent != ROOT or not p.resolve().parent.name.startswith("chapter_")]
+    if wrong:
+        parser.error(f"not a course notebook: {', '.join(wrong)} (give paths like chapter_x/name.ipynb)")
+    commit = _git_commit()
+    failed = 0
+    for notebook in chosen:
+        if not args.force and is_up_to_date(notebook, commit):
+            print(f"{notebook}: already executed at {commit} (--force runs it again)", flush=True)
+            continue
+        print(f"{notebook}: running in full mode ...", flush=True)
+        record = execute(notebook, commit)
+        failed += record["status"] == "failed"
+        row = row_from_executed(executed_path(notebook))
+        print(f"{notebook}: {record['status']} in {_minutes(record['seconds'])}: {row.result}", flush=True)
+    write_results(everything)
+    print(f"wrote {RESULTS_FILE.relative_to(ROOT)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+import os
+
+import nbformat
+import pytest
+
+from common import book
+
+
+def test_check_result_prints_the_line_that_the_book_collects(capsys):
+    book.check_result("test accuracy", 0.8123, above=0.73, d2l=0.82)
+    line = capsys.readouterr().out.strip()
+    assert line == "result: test accuracy = 0.8123 (asserted > 0.73; d2l: 0.82)"
+    match = book.RESULT_LINE.fullmatch(line)
+    assert (match["name"], match["value"], match["op"], match["threshold"], match["d2l"]) == (
+        "test accuracy", "0.8123", ">", "0.73", "0.82")
+    book.check_result("perplexity", 1.2, below=1.5)
+    assert book.RESULT_LINE.fullmatch(capsys.readouterr().out.strip())["d2l"] is None
+
+
+def test_check_result_fails_on_a_result_on_the_wrong_side():
+    with pytest.raises(AssertionError, match=r"perplexity = 3.65, expected < 1.5"):
+        book.check_result("perplexity", 3.65, below=1.5)
+    with pytest.raises(AssertionError):
+        book.check_result("accuracy", float("nan"), above=0.5)
+
+
+def test_check_result_needs_exactly_one_threshold():
+    with pytest.raises(ValueError, match="exactly one threshold"):
+        book.check_result("accuracy", 0.9)
+    with pytest.raises(ValueError, match="exactly one threshold"):
+        book.check_result("accuracy", 0.9, above=0.5, below=1.0)
+
+
+def _notebook(folder, name, source):
+    path = folder / "chapter_demo" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)],
+                                            metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                     "language": "python"}}), path)
+    return path
+
+
+@pytest.fixture
+def fake_repo(tmp_path, monkeypatch):
+    monkeypatch.setattr(book, "ROOT", tmp_path)
+    monkeypatch.setattr(book, "BOOK_DIR", tmp_path / "build" / "book")
+    monkeypatch.setattr(book, "NEEDS_GPU", {"chapter_demo/big.ipynb": "about 3 hours on 2 CPU cores"})
+    return tmp_path
+
+
+def test_execute_records_results_and_skips_what_ran_at_this_commit(fake_repo, monkeypatch):
+    monkeypatch.setenv("COURSE_SMOKE", "1")
+    good = _notebook(fake_repo, "good.ipynb", 'import os\nprint("mode", os.environ["COURSE_SMOKE"])\n'
+                                              'print("result: accuracy = 0.91 (asserted > 0.8; d2l: 0.9)")')
+    bad = _notebook(fake_repo, "bad.ipynb", 'assert 1 + 1 == 3, "arithmetic is broken"')
+    assert not book.is_up_to_date(good, "abc123")
+    assert book.execute(good, "abc123")["status"] == "passed"
+    assert book.execute(bad, "abc123")["status"] == "failed"
+    assert book.is_up_to_date(good, "abc123") and not book.is_up_to_date(good, "def456")
+    executed = nbformat.read(book.executed_path(good), as_version=4)
+    assert "mode 0" in executed.cells[0].outputs[0]["text"]  # full mode in the kernel,
+    assert os.environ["COURSE_SMOKE"] == "1"  # and nothing changed here
+
+    row = book.row_from_executed(book.executed_path(good))
+    assert (row.result, row.asserted, row.d2l, row.commit) == ("accuracy 0.91", "> 0.8", "0.9", "abc123")
+    assert "arithmetic is broken" in book.row_from_executed(book.executed_path(bad)).result
+
+    good.write_text(good.read_text().replace("0.91", "0.92"))  # an edited notebook runs again
+    assert not book.is_up_to_date(good, "abc123")
+
+
+def test_results_table_keeps_earlier_rows_and_says_what_was_not_run(fake_repo):
+    results = fake_repo / "RESULTS.md"
+    earlier = book.Row("chapter_demo/old.ipynb", "accuracy 0.8", "> 0.7", "0.81", "CPU, 2 cores (x86_64)", "5 min",
+                       "0ld")
+    results.write_text("| " + " | ".join(book.HEADER) + " |\n|---|\n" + earlier.markdown() + "\n")
+    new = _notebook(fake_repo, "new.ipynb", 'print("result: loss = 0.1 (asserted < 0.5)")')
+    book.execute(new, "n3w")
+    notebooks = [fake_repo / "chapter_demo" / name for name in ("big.ipynb", "new.ipynb", "old.ipynb", "todo.ipynb")]
+    book.write_results(notebooks, results)
+    rows = book._rows_in(results)
+    assert list(rows) == ["chapter_demo/big.ipynb", "chapter_demo/new.ipynb", "chapter_demo/old.ipynb",
+                          "chapter_demo/todo.ipynb"]
+    assert rows["chapter_demo/old.ipynb"] == earlier
+    assert (rows["chapter_demo/new.ipynb"].result, rows["chapter_demo/new.ipynb"].commit) == ("loss 0.1", "n3w")
+    assert rows["chapter_demo/big.ipynb"].result == "needs a GPU: about 3 hours on 2 CPU cores"
+    assert rows["chapter_demo/todo.ipynb"].result == "not run in full mode yet"
