@@ -8,10 +8,10 @@ vocabularies, sequence minibatches), ``rnn`` (language-model training), ``seq2se
 attention modules, positional encoding, heatmaps), ``optim`` (the optimisation chapter's
 experiments), ``detection`` (boxes, anchors, NMS), ``vision`` (CIFAR-10, ResNet-18, pretrained
 backbones, transfer-learning data), ``bananas`` (the banana-detection dataset), ``segmentation``
-(Pascal VOC segmentation), ``bench`` (``make bench``), ``book`` (``make book``, ``check_result``)
+(Pascal VOC segmentation), ``bench`` (``make bench``), ``results`` (``check_result``), ``book`` (``make book``)
 and ``notebook`` (the shared notebook header and notebook tools).
 """
-from .book import check_result
 from .config import all_devices, device, is_smoke, pick, repo_root, seed_everything, setup
+from .results import check_result
 
 __all__ = ["all_devices", "check_result", "device", "is_smoke", "pick", "repo_root", "seed_everything", "setup"]

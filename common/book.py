@@ -1,6 +1,6 @@
 """``make book``: notebooks executed in full mode, and ``RESULTS.md`` generated from them.
 
-Every notebook states its headline result with :func:`check_result`, which asserts it against the
+Every notebook states its headline result with :func:`common.results.check_result`, which asserts it against the
 notebook's threshold and prints one line, ``result: NAME = VALUE (asserted OP THRESHOLD; d2l: ...)``.
 ``python -m common.book [--force] [NOTEBOOK ...]`` executes the notebooks named (all by default)
 with ``COURSE_SMOKE=0`` into ``build/book/``, one at a time, printing each one's time and result as
@@ -23,13 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checks import check_number
+from .results import RESULT_LINE
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK_DIR = ROOT / "build" / "book"
 RESULTS_FILE = ROOT / "RESULTS.md"
-RESULT_LINE = re.compile(r"^result: (?P<name>.+?) = (?P<value>\S+) \(asserted (?P<op>[<>]) (?P<threshold>\S+?)"
-                         r"(?:; d2l: (?P<d2l>.+))?\)$", flags=re.MULTILINE)
 
 # Notebooks whose full mode is a GPU job: their rows say so until a GPU machine runs them.
 NEEDS_GPU = {
@@ -40,26 +38,6 @@ NEEDS_GPU = {
     **{f"chapter_computer-vision/{name}.ipynb": "not measured on a CPU"
        for name in ("image-augmentation", "kaggle-cifar10", "fcn", "ssd", "fine-tuning", "neural-style")},
 }
-
-
-def check_result(name: str, value: float, *, above: float | None = None, below: float | None = None,
-                 d2l: str | float | None = None) -> None:
-    """Assert a notebook's headline result, ``value > above`` or ``value < below``, and print it.
-
-    The printed line is what ``make book`` collects into ``RESULTS.md``; ``d2l`` is the figure
-    that d2l publishes for the same experiment, where there is one. It returns nothing, so that a
-    notebook cell ending with it shows only the line.
-    """
-    if (above is None) == (below is None):
-        raise ValueError("check_result needs exactly one threshold: above=... (higher is better) "
-                         "or below=... (lower is better).")
-    value = float(value)  # a one-element tensor or NumPy number is fine; NaN fails the comparison below
-    threshold = check_number("above" if below is None else "below", above if below is None else below)
-    passed = value > threshold if below is None else value < threshold
-    op = ">" if below is None else "<"
-    line = f"result: {name} = {value:.4g} (asserted {op} {threshold:.4g}" + ("" if d2l is None else f"; d2l: {d2l}")
-    print(line + ")")
-    assert passed, f"{name} = {value:.4g}, expected {op} {threshold:.4g}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,32 +3,32 @@ import os
 import nbformat
 import pytest
 
-from common import book
+from common import book, results
 
 
 def test_check_result_prints_the_line_that_the_book_collects(capsys):
-    book.check_result("test accuracy", 0.8123, above=0.73, d2l=0.82)
+    results.check_result("test accuracy", 0.8123, above=0.73, d2l=0.82)
     line = capsys.readouterr().out.strip()
     assert line == "result: test accuracy = 0.8123 (asserted > 0.73; d2l: 0.82)"
-    match = book.RESULT_LINE.fullmatch(line)
+    match = results.RESULT_LINE.fullmatch(line)
     assert (match["name"], match["value"], match["op"], match["threshold"], match["d2l"]) == (
         "test accuracy", "0.8123", ">", "0.73", "0.82")
-    book.check_result("perplexity", 1.2, below=1.5)
-    assert book.RESULT_LINE.fullmatch(capsys.readouterr().out.strip())["d2l"] is None
+    results.check_result("perplexity", 1.2, below=1.5)
+    assert results.RESULT_LINE.fullmatch(capsys.readouterr().out.strip())["d2l"] is None
 
 
 def test_check_result_fails_on_a_result_on_the_wrong_side():
     with pytest.raises(AssertionError, match=r"perplexity = 3.65, expected < 1.5"):
-        book.check_result("perplexity", 3.65, below=1.5)
+        results.check_result("perplexity", 3.65, below=1.5)
     with pytest.raises(AssertionError):
-        book.check_result("accuracy", float("nan"), above=0.5)
+        results.check_result("accuracy", float("nan"), above=0.5)
 
 
 def test_check_result_needs_exactly_one_threshold():
     with pytest.raises(ValueError, match="exactly one threshold"):
-        book.check_result("accuracy", 0.9)
+        results.check_result("accuracy", 0.9)
     with pytest.raises(ValueError, match="exactly one threshold"):
-        book.check_result("accuracy", 0.9, above=0.5, below=1.0)
+        results.check_result("accuracy", 0.9, above=0.5, below=1.0)
 
 
 def _notebook(folder, name, source):
