@@ -73,7 +73,8 @@ test-floor: $(FLOOR_VENV)/.installed
 
 # Full mode (the real sizes; meant for a GPU machine): executed copies go to build/book/ and
 # RESULTS.md is regenerated from them. One chapter: make book NOTEBOOKS="chapter_x/*.ipynb";
-# notebooks already executed at this commit are skipped unless BOOK_FLAGS=--force.
+# notebooks already executed at this commit are skipped unless BOOK_FLAGS=--force; several seeds:
+# BOOK_FLAGS="--seeds 0,1,2".
 book: install
 	$(PY) -m common.book $(BOOK_FLAGS) $(NOTEBOOKS)
 

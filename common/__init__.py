@@ -11,7 +11,8 @@ backbones, transfer-learning data), ``bananas`` (the banana-detection dataset), 
 (Pascal VOC segmentation), ``bench`` (``make bench``), ``results`` (``check_result``), ``book`` (``make book``)
 and ``notebook`` (the shared notebook header and notebook tools).
 """
-from .config import all_devices, device, is_smoke, pick, repo_root, seed_everything, setup
+from .config import all_devices, device, fixed_seed, is_smoke, pick, repo_root, run_seed, seed_everything, setup
 from .results import check_result
 
-__all__ = ["all_devices", "check_result", "device", "is_smoke", "pick", "repo_root", "seed_everything", "setup"]
+__all__ = ["all_devices", "check_result", "device", "fixed_seed", "is_smoke", "pick", "repo_root", "run_seed",
+           "seed_everything", "setup"]

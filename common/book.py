@@ -1,14 +1,15 @@
 """``make book``: notebooks executed in full mode, and ``RESULTS.md`` generated from them.
 
-Every notebook states its headline result with :func:`common.results.check_result`, which asserts it against the
-notebook's threshold and prints one line, ``result: NAME = VALUE (asserted OP THRESHOLD; d2l: ...)``.
-``python -m common.book [--force] [NOTEBOOK ...]`` executes the notebooks named (all by default)
-with ``COURSE_SMOKE=0`` into ``build/book/``, one at a time, printing each one's time and result as
-it goes. An executed copy records the commit, the source notebook's digest, the device and the wall
-time in its metadata; a notebook already executed from the same source at the same commit is not
-run again unless ``--force`` is given. Then ``RESULTS.md`` is rewritten from the executed copies:
-a notebook executed now gets a new row, every other row is kept as the last run wrote it. The
-table is never edited by hand.
+Every notebook states its headline result with :func:`common.results.check_result`, which asserts
+it against the notebook's threshold and prints one line, ``result: NAME = VALUE (asserted OP
+THRESHOLD; d2l: ...)``. ``python -m common.book [--force] [--seeds 0,1,2] [NOTEBOOK ...]`` executes
+the notebooks named (all by default) with ``COURSE_SMOKE=0`` and each seed (``COURSE_SEED``; seed 0
+only by default) into ``build/book/``, one at a time, printing each one's time and result as it
+goes. An executed copy records the commit, the seed, the source notebook's digest, the device and
+the wall time in its metadata; a notebook already executed from the same source at the same
+commit with the same seed is not run again unless ``--force`` is given. Then ``RESULTS.md`` is
+rewritten from the executed copies: a notebook executed now gets a new row, every other row is
+kept as the last run wrote it. The table is never edited by hand.
 """
 from __future__ import annotations
 
@@ -67,23 +68,28 @@ def device_name() -> str:
     return f"CPU, {os.cpu_count()} cores ({platform.machine()})"
 
 
-def executed_path(notebook: Path) -> Path:
-    return BOOK_DIR / notebook.resolve().relative_to(ROOT)
+def executed_path(notebook: Path, seed: int = 0) -> Path:
+    """``build/book/<chapter>/<name>.ipynb`` for seed 0, ``build/book/seed-<k>/<chapter>/<name>.ipynb`` else."""
+    relative = notebook.resolve().relative_to(ROOT)
+    return BOOK_DIR / relative if seed == 0 else BOOK_DIR / f"seed-{seed}" / relative
 
 
-def is_up_to_date(notebook: Path, commit: str) -> bool:
-    """Whether ``build/book`` holds a run of this very notebook source at this commit."""
+def is_up_to_date(notebook: Path, commit: str, seed: int = 0) -> bool:
+    """Whether ``build/book`` holds a run of this very notebook source at this commit with this seed."""
     import nbformat
 
-    target = executed_path(notebook)
+    target = executed_path(notebook, seed)
     if not target.exists():
         return False
     record = nbformat.read(target, as_version=4).metadata.get("course_book", {})
     return record.get("commit") == commit and record.get("source_sha1") == _digest(notebook)
 
 
-def execute(notebook: Path, commit: str) -> dict:
-    """Run ``notebook`` in full mode into ``build/book/`` and return its record (also in its metadata)."""
+def execute(notebook: Path, commit: str, seed: int = 0) -> dict:
+    """Run ``notebook`` in full mode with ``seed`` into ``build/book/``; return its record (also in its metadata).
+
+    The seed reaches the notebook as ``COURSE_SEED``, which its setup cell (``common.setup()``) uses.
+    """
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -94,14 +100,14 @@ def execute(notebook: Path, commit: str) -> dict:
     start = time.perf_counter()
     error = ""
     try:
-        client.execute(env={**os.environ, "COURSE_SMOKE": "0"})  # the kernel's environment only
+        client.execute(env={**os.environ, "COURSE_SMOKE": "0", "COURSE_SEED": str(seed)})  # the kernel's only
     except CellExecutionError as err:
-        error = str(err).strip().splitlines()[-1][:300]
-    record = {"commit": commit, "source_sha1": _digest(notebook), "device": device_name(),
+        error = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()[-1][:300]  # no terminal colours
+    record = {"commit": commit, "seed": seed, "source_sha1": _digest(notebook), "device": device_name(),
               "seconds": round(time.perf_counter() - start), "status": "failed" if error else "passed",
               "error": error}
     nb.metadata["course_book"] = record
-    target = executed_path(notebook)
+    target = executed_path(notebook, seed)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".part")
     nbformat.write(nb, tmp)
@@ -136,25 +142,62 @@ def _minutes(seconds: int) -> str:
     return f"{seconds} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def row_from_executed(path: Path) -> Row:
-    """The table row of one executed notebook: its ``result:`` lines, status, device and time."""
+def _read_executed(path: Path) -> tuple[dict, list[re.Match]]:
+    """An executed copy's ``course_book`` record and the ``result:`` lines its cells printed."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    record = nb.metadata.get("course_book", {})
     texts = [output.get("text", "") for cell in nb.cells if cell.cell_type == "code"
              for output in cell.get("outputs", []) if output.get("name") == "stdout"]
-    found = [m for text in texts for m in RESULT_LINE.finditer(text)]
-    if record.get("status") == "failed":
-        result, asserted = f"FAILED: {record.get('error', '')}", ""
+    return nb.metadata.get("course_book", {}), [m for text in texts for m in RESULT_LINE.finditer(text)]
+
+
+def _span(values: list[str]) -> str:
+    numbers = sorted(float(v) for v in values)
+    return f"{numbers[0]:.4g}" if numbers[0] == numbers[-1] else f"{numbers[0]:.4g}-{numbers[-1]:.4g}"
+
+
+def row_from_executed(paths: list[Path], notebook: str) -> Row:
+    """The table row of one notebook from its executed copies, one per seed (the first one leads).
+
+    The result is the first copy's ``result:`` figures; with several seeds each figure is followed
+    by its range over the seeds that passed, and a failed seed is named.
+    """
+    runs = [_read_executed(path) for path in paths]
+    record, found = runs[0]
+    seeds = [run_record.get("seed", 0) for run_record, _ in runs]
+    failed = [(seed, r) for seed, (r, _) in zip(seeds, runs) if r.get("status") == "failed"]
+    passed = [(seed, f) for seed, (r, f) in zip(seeds, runs) if r.get("status") != "failed"]
+    if record.get("status") == "failed" or not passed:
+        result, asserted = f"FAILED with seed {seeds[0]}: {record.get('error', '')}", ""
     elif found:
-        result = "; ".join(f"{m['name']} {m['value']}" for m in found)
+        parts = []
+        for i, m in enumerate(found):
+            part = f"{m['name']} {m['value']}"
+            values = [f[i]["value"] for _, f in passed if len(f) > i]
+            if len(passed) > 1:
+                part += f" (seeds {', '.join(str(seed) for seed, _ in passed)}: {_span(values)})"
+            parts.append(part)
+        result = "; ".join(parts)
         asserted = "; ".join(f"{m['op']} {m['threshold']}" for m in found)
     else:
         result, asserted = "passed (no headline result stated)", ""
+    if failed and passed and record.get("status") != "failed":
+        result += "; " + "; ".join(f"FAILED with seed {seed}: {r.get('error', '')}" for seed, r in failed)
     d2l = "; ".join(m["d2l"] for m in found if m["d2l"]) or "—"
-    return Row(path.relative_to(BOOK_DIR).as_posix(), result, asserted, d2l, record.get("device", "?"),
-               _minutes(record.get("seconds", 0)), record.get("commit", "?"))
+    commits = ", ".join(dict.fromkeys(r.get("commit", "?") for r, _ in runs))
+    return Row(notebook, result, asserted, d2l, record.get("device", "?"), _minutes(record.get("seconds", 0)),
+               commits)
+
+
+def executed_copies() -> dict[str, list[Path]]:
+    """Every executed copy in build/book, by notebook (``chapter_x/name.ipynb``), seed 0 first."""
+    copies: dict[str, list[Path]] = {}
+    folders = [BOOK_DIR] + sorted(BOOK_DIR.glob("seed-*"), key=lambda p: int(p.name.split("-")[1]))
+    for folder in folders:
+        for path in sorted(folder.glob("chapter_*/*.ipynb")):
+            copies.setdefault(path.relative_to(folder).as_posix(), []).append(path)
+    return copies
 
 
 def _rows_in(results_file: Path) -> dict[str, Row]:
@@ -173,15 +216,16 @@ def _rows_in(results_file: Path) -> dict[str, Row]:
 def write_results(notebooks: list[Path], results_file: Path = RESULTS_FILE) -> None:
     """Rewrite RESULTS.md: rows from build/book for the executed notebooks, earlier rows for the rest."""
     rows = _rows_in(results_file)
-    for path in sorted(BOOK_DIR.glob("chapter_*/*.ipynb")):
-        row = row_from_executed(path)
-        rows[row.notebook] = row
+    for notebook, paths in executed_copies().items():
+        rows[notebook] = row_from_executed(paths, notebook)
     lines = ["# What full mode reaches",
              "",
              "Generated by `make book` (`python -m common.book`) from notebooks executed in full mode",
              "(`COURSE_SMOKE=0`); never edited by hand. `result` is each notebook's headline figure as",
-             "its `check_result` line printed it, `asserted` the threshold it must beat, `d2l` the figure",
-             "d2l publishes for the same experiment. Wall times are for the whole notebook on the device named.",
+             "its `check_result` line printed it with seed 0, followed by its range over the seeds run",
+             "(`make book BOOK_FLAGS=\"--seeds 0,1,2\"`); `asserted` is the threshold it must beat, `d2l` the",
+             "figure d2l publishes for the same experiment. Wall times are for the whole notebook (seed 0) on",
+             "the device named.",
              "",
              "| " + " | ".join(HEADER) + " |",
              "|" + "---|" * len(HEADER)]
@@ -196,10 +240,21 @@ def write_results(notebooks: list[Path], results_file: Path = RESULTS_FILE) -> N
     os.replace(tmp, results_file)
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes whole numbers separated by commas, e.g. 0,1,2; got {text!r}")
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds must be different numbers >= 0, got {text!r}")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to execute (default: all)")
     parser.add_argument("--force", action="store_true", help="run again those already run at this commit")
+    parser.add_argument("--seeds", type=_seeds, default=[0], help="seeds to run each notebook with, e.g. 0,1,2")
     args = parser.parse_args(argv)
     everything = sorted(ROOT.glob("chapter_*/*.ipynb"))
     chosen = args.notebooks or everything
@@ -210,14 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     commit = _git_commit()
     failed = 0
     for notebook in chosen:
-        if not args.force and is_up_to_date(notebook, commit):
-            print(f"{notebook}: already executed at {commit} (--force runs it again)", flush=True)
-            continue
-        print(f"{notebook}: running in full mode ...", flush=True)
-        record = execute(notebook, commit)
-        failed += record["status"] == "failed"
-        row = row_from_executed(executed_path(notebook))
-        print(f"{notebook}: {record['status']} in {_minutes(record['seconds'])}: {row.result}", flush=True)
+        for seed in args.seeds:
+            if not args.force and is_up_to_date(notebook, commit, seed):
+                print(f"{notebook}, seed {seed}: already executed at {commit} (--force runs it again)", flush=True)
+                continue
+            print(f"{notebook}, seed {seed}: running in full mode ...", flush=True)
+            record = execute(notebook, commit, seed)
+            failed += record["status"] == "failed"
+            row = row_from_executed([executed_path(notebook, seed)], notebook)
+            print(f"{notebook}, seed {seed}: {record['status']} in {_minutes(record['seconds'])}: {row.result}",
+                  flush=True)
     write_results(everything)
     print(f"wrote {RESULTS_FILE.relative_to(ROOT)}")
     return 1 if failed else 0

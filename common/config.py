@@ -10,6 +10,7 @@ Notebooks read their sizes through :func:`pick`, so the learner sees both values
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -41,6 +42,30 @@ def is_smoke() -> bool:
 def pick(full: T, smoke: T) -> T:
     """Return ``smoke`` in smoke mode and ``full`` otherwise (sizes only, never logic)."""
     return smoke if is_smoke() else full
+
+
+def run_seed() -> int:
+    """The seed of this run: ``COURSE_SEED`` if set (``make book`` sets it to run a notebook with
+    several seeds), else 0."""
+    value = os.environ.get("COURSE_SEED", "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise ValueError(f"COURSE_SEED={value!r} is not a seed: use a whole number such as 0, 1 or 2.")
+    return check_int("COURSE_SEED", int(value), minimum=0, maximum=2**32 - 1)
+
+
+@contextlib.contextmanager
+def fixed_seed(seed: int = 0):
+    """Seed torch for the block, then give back the random stream as it was before the block.
+
+    For checks: their random inputs are the same in every run, while the training that follows
+    still draws from the run's own seed (``setup``), so that runs with other seeds differ.
+    """
+    seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -110,13 +135,17 @@ def repo_root() -> Path | None:
     return root if (root / "pyproject.toml").exists() and (root / "chapter_preliminaries").is_dir() else None
 
 
-def setup(seed: int = 0) -> torch.device:
-    """What the shared setup cell of every notebook calls: seed, configure plots, pick the device."""
+def setup(seed: int | None = None) -> torch.device:
+    """What the shared setup cell of every notebook calls: seed, configure plots, pick the device.
+
+    ``seed`` defaults to :func:`run_seed` (``COURSE_SEED``, else 0).
+    """
+    seed = run_seed() if seed is None else seed
     seed_everything(seed)
     keep_freed_memory()
     from . import plot  # imported here so that config stays importable without matplotlib
 
     plot.use_svg_display()
     dev = device()
-    print(f"run mode: {'smoke' if is_smoke() else 'full'}; device: {dev}; torch {torch.__version__}")
+    print(f"run mode: {'smoke' if is_smoke() else 'full'}; seed {seed}; device: {dev}; torch {torch.__version__}")
     return dev

@@ -61,9 +61,9 @@ def test_execute_records_results_and_skips_what_ran_at_this_commit(fake_repo, mo
     assert "mode 0" in executed.cells[0].outputs[0]["text"]  # full mode in the kernel,
     assert os.environ["COURSE_SMOKE"] == "1"  # and nothing changed here
 
-    row = book.row_from_executed(book.executed_path(good))
+    row = book.row_from_executed([book.executed_path(good)], "chapter_demo/good.ipynb")
     assert (row.result, row.asserted, row.d2l, row.commit) == ("accuracy 0.91", "> 0.8", "0.9", "abc123")
-    assert "arithmetic is broken" in book.row_from_executed(book.executed_path(bad)).result
+    assert "arithmetic is broken" in book.row_from_executed([book.executed_path(bad)], "chapter_demo/bad.ipynb").result
 
     good.write_text(good.read_text().replace("0.91", "0.92"))  # an edited notebook runs again
     assert not book.is_up_to_date(good, "abc123")
@@ -85,3 +85,25 @@ def test_results_table_keeps_earlier_rows_and_says_what_was_not_run(fake_repo):
     assert (rows["chapter_demo/new.ipynb"].result, rows["chapter_demo/new.ipynb"].commit) == ("loss 0.1", "n3w")
     assert rows["chapter_demo/big.ipynb"].result == "needs a GPU: about 3 hours on 2 CPU cores"
     assert rows["chapter_demo/todo.ipynb"].result == "not run in full mode yet"
+
+
+def test_seeds_reach_the_notebook_and_the_row_gives_their_range(fake_repo):
+    source = ('import common\nseed = common.run_seed()\n'
+              'print(f"result: accuracy = {0.9 + seed / 100} (asserted > 0.8)")\nassert seed != 3, "unlucky seed"')
+    notebook = _notebook(fake_repo, "seeded.ipynb", source)
+    for seed in (0, 2, 3):
+        book.execute(notebook, "abc123", seed)
+    assert book.executed_path(notebook, 2) == fake_repo / "build" / "book" / "seed-2" / "chapter_demo" / "seeded.ipynb"
+    assert book.is_up_to_date(notebook, "abc123", 2) and not book.is_up_to_date(notebook, "abc123", 1)
+    copies = book.executed_copies()["chapter_demo/seeded.ipynb"]
+    assert copies[0] == book.executed_path(notebook, 0)
+    row = book.row_from_executed(copies, "chapter_demo/seeded.ipynb")
+    assert row.result == "accuracy 0.9 (seeds 0, 2: 0.9-0.92); FAILED with seed 3: AssertionError: unlucky seed"
+    assert row.asserted == "> 0.8"
+
+
+def test_seeds_option_refuses_what_is_not_a_list_of_seeds():
+    with pytest.raises(SystemExit):
+        book.main(["--seeds", "0,one"])
+    with pytest.raises(SystemExit):
+        book.main(["--seeds", "1,1"])

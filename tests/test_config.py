@@ -94,3 +94,34 @@ def test_resolve_device_explains_unusable_devices(bad, message):
     with pytest.raises(ValueError, match=message):
         resolve_device(bad)
     assert resolve_device("cpu") == torch.device("cpu") and resolve_device(None) == common.device()
+
+
+def test_run_seed_reads_course_seed(monkeypatch):
+    monkeypatch.delenv("COURSE_SEED", raising=False)
+    assert common.run_seed() == 0
+    monkeypatch.setenv("COURSE_SEED", "2")
+    assert common.run_seed() == 2
+    monkeypatch.setenv("COURSE_SEED", "two")
+    with pytest.raises(ValueError, match="COURSE_SEED='two'"):
+        common.run_seed()
+
+
+def test_setup_seeds_with_course_seed(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_SEED", "5")
+    common.setup()
+    first = torch.rand(3)
+    common.seed_everything(5)
+    assert torch.equal(first, torch.rand(3))
+    assert "seed 5;" in capsys.readouterr().out
+
+
+def test_fixed_seed_repeats_the_block_and_gives_the_stream_back():
+    common.seed_everything(1)
+    with common.fixed_seed(0):
+        inside = torch.rand(2)
+    after = torch.rand(2)
+    common.seed_everything(1)
+    expected_after = torch.rand(2)  # what the stream gives without the block
+    with common.fixed_seed(0):
+        assert torch.equal(torch.rand(2), inside)
+    assert torch.equal(after, expected_after)
