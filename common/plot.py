@@ -39,7 +39,12 @@ def set_axes(axes, xlabel=None, ylabel=None, xlim=None, ylim=None, xscale="linea
              yscale="linear", legend=None) -> None:
     """Labels, limits, scales, legend and grid of a matplotlib axes in one call."""
     axes.set_xlabel(xlabel), axes.set_ylabel(ylabel)
-    axes.set_xscale(xscale), axes.set_yscale(yscale)
+    # Setting a scale resets the ticks: only change it when it differs, so that ticks the caller
+    # set (class names under a bar chart) survive.
+    if axes.get_xscale() != xscale:
+        axes.set_xscale(xscale)
+    if axes.get_yscale() != yscale:
+        axes.set_yscale(yscale)
     axes.set_xlim(xlim), axes.set_ylim(ylim)
     if legend:
         axes.legend(legend)

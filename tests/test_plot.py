@@ -79,3 +79,19 @@ def test_show_images_refuses_tensors_that_are_not_images(image):
     with pytest.raises(ValueError, match=r"Image 0 has shape .*takes images \(C, H, W\)"):
         plot.show_images([image], 1, 1)
     assert len(plot.show_images(torch.rand(2, 8, 8), 1, 2)) == 2  # a batch of gray images (N, H, W) still works
+
+
+def test_set_axes_keeps_the_callers_tick_labels_and_still_sets_scales():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.bar(range(3), [1, 2, 3])
+    ax.set_xticks(range(3), ["shirt", "bag", "boot"])
+    plot.set_axes(ax, "class", "count")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["shirt", "bag", "boot"]
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [1, 10])
+    plot.set_axes(ax, "x", "y", yscale="log")
+    assert ax.get_yscale() == "log"
+    plt.close(fig)
