@@ -7,9 +7,10 @@ vocabularies, sequence minibatches), ``rnn`` (language-model training), ``seq2se
 (translation data, masked loss, encoder-decoder training, BLEU), ``attention`` (masked softmax,
 attention modules, positional encoding, heatmaps), ``optim`` (the optimisation chapter's
 experiments), ``detection`` (boxes, anchors, NMS), ``vision`` (CIFAR-10, ResNet-18, pretrained
-backbones, transfer-learning data), ``bananas`` (the banana-detection dataset), ``segmentation``
-(Pascal VOC segmentation), ``bench`` (``make bench``), ``results`` (``check_result``), ``book`` (``make book``)
-and ``notebook`` (the shared notebook header and notebook tools).
+backbones, transfer-learning data), ``generative`` (the Fréchet distance, a cached feature
+classifier), ``bananas`` (the banana-detection dataset), ``segmentation`` (Pascal VOC
+segmentation), ``bench`` (``make bench``), ``results`` (``check_result``), ``book``
+(``make book``) and ``notebook`` (the shared notebook header and notebook tools).
 """
 from .config import all_devices, device, fixed_seed, is_smoke, pick, repo_root, run_seed, seed_everything, setup
 from .results import check_result
