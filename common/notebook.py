@@ -148,6 +148,14 @@ def parse_script(text: str):
     return nb
 
 
+def keep_cell_ids(nb, previous) -> None:
+    """Give the cells of a rebuilt notebook the ids of the previous build, position by position,
+    so that a diff shows the cells that changed and not a new random id on every cell."""
+    for cell, old in zip(nb.cells, previous.cells):
+        if "id" in old:
+            cell.id = old.id
+
+
 def fill(path: Path) -> None:
     """Execute a notebook in smoke mode and keep only the outputs of checked cells."""
     from nbconvert.preprocessors import ExecutePreprocessor
@@ -169,6 +177,8 @@ def main(argv: list[str]) -> None:
         nb = parse_script(args[0].read_text(encoding="utf-8"))
         apply_header(nb, args[1])
         clean(nb)
+        if args[1].exists():
+            keep_cell_ids(nb, read(args[1]))
         write(nb, args[1])
         return
     for path in args or all_notebooks():

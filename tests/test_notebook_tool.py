@@ -29,6 +29,13 @@ def test_build_inserts_badge_and_setup_cell(tmp_path):
     assert len(nb.cells) == 4 and nb.cells[0].source.count("Open In Colab") == 1
 
 
+def test_a_rebuilt_notebook_keeps_its_cell_ids():
+    first, second = notebook.parse_script(SCRIPT), notebook.parse_script(SCRIPT + "\n# %%\ny = 2\n")
+    notebook.keep_cell_ids(second, first)
+    assert [c.id for c in second.cells[:3]] == [c.id for c in first.cells]
+    assert len({c.id for c in second.cells}) == 4  # the new cell keeps its own, different id
+
+
 def test_clean_keeps_only_checked_outputs():
     import nbformat
 
