@@ -25,7 +25,10 @@ FLOOR_NOTEBOOKS ?= chapter_multilayer-perceptrons/read-write.ipynb \
 	chapter_computer-vision/object-detection-dataset.ipynb \
 	chapter_computer-vision/rcnn.ipynb \
 	chapter_computer-vision/fcn.ipynb \
-	chapter_computer-vision/neural-style.ipynb
+	chapter_computer-vision/neural-style.ipynb \
+	chapter_optimization/compilation.ipynb \
+	chapter_optimization/hardware.ipynb \
+	chapter_optimization/multi-device-from-scratch.ipynb
 
 # A relative mirror path would break in notebooks, whose working directory is their chapter.
 ifdef COURSE_DATA_MIRROR
