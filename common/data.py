@@ -707,7 +707,7 @@ def cached_state(name: str, recipe: dict, train: Callable[[dict], dict]) -> dict
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a damaged file (disk full, edited by hand): train again
             print(f"The cached {path.name} cannot be read ({type(err).__name__}); training it again.")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng():  # the CPU's and the GPUs' generators
         torch.manual_seed(0)
         state = train(recipe)
     if not isinstance(state, dict):
