@@ -213,8 +213,9 @@ def _rows_in(results_file: Path) -> dict[str, Row]:
     return rows
 
 
-def write_results(notebooks: list[Path], results_file: Path = RESULTS_FILE) -> None:
+def write_results(notebooks: list[Path], results_file: Path | None = None) -> None:
     """Rewrite RESULTS.md: rows from build/book for the executed notebooks, earlier rows for the rest."""
+    results_file = RESULTS_FILE if results_file is None else results_file
     rows = _rows_in(results_file)
     for notebook, paths in executed_copies().items():
         rows[notebook] = row_from_executed(paths, notebook)
@@ -255,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to execute (default: all)")
     parser.add_argument("--force", action="store_true", help="run again those already run at this commit")
     parser.add_argument("--seeds", type=_seeds, default=[0], help="seeds to run each notebook with, e.g. 0,1,2")
+    parser.add_argument("--include-gpu", action="store_true",
+                        help="also run the notebooks whose full mode is a GPU job when no GPU is here")
     args = parser.parse_args(argv)
     everything = sorted(ROOT.glob("chapter_*/*.ipynb"))
     chosen = args.notebooks or everything
@@ -263,8 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     if wrong:
         parser.error(f"not a course notebook: {', '.join(wrong)} (give paths like chapter_x/name.ipynb)")
     commit = _git_commit()
+    accelerated = not device_name().startswith("CPU")
     failed = 0
     for notebook in chosen:
+        name = notebook.resolve().relative_to(ROOT).as_posix()
+        if name in NEEDS_GPU and not accelerated and not args.include_gpu:
+            print(f"{notebook}: skipped, its full mode needs a GPU ({NEEDS_GPU[name]}); "
+                  "--include-gpu runs it on this CPU anyway", flush=True)
+            continue
         for seed in args.seeds:
             if not args.force and is_up_to_date(notebook, commit, seed):
                 print(f"{notebook}, seed {seed}: already executed at {commit} (--force runs it again)", flush=True)

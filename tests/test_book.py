@@ -107,3 +107,13 @@ def test_seeds_option_refuses_what_is_not_a_list_of_seeds():
         book.main(["--seeds", "0,one"])
     with pytest.raises(SystemExit):
         book.main(["--seeds", "1,1"])
+
+
+def test_gpu_notebooks_are_skipped_on_a_cpu_unless_asked(fake_repo, monkeypatch, capsys):
+    big = _notebook(fake_repo, "big.ipynb", 'print("result: accuracy = 0.9 (asserted > 0.8)")')
+    monkeypatch.setattr(book, "device_name", lambda: "CPU, 2 cores (x86_64)")
+    monkeypatch.setattr(book, "RESULTS_FILE", fake_repo / "RESULTS.md")
+    monkeypatch.chdir(fake_repo)
+    assert book.main([str(big)]) == 0
+    assert "skipped, its full mode needs a GPU" in capsys.readouterr().out
+    assert not book.executed_path(big).exists()
