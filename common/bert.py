@@ -8,8 +8,8 @@ model and :func:`pretrained_bert`.
   :class:`common.attention.MultiHeadAttention`;
 * :class:`MaskLM` and :class:`NextSentencePred`: the two pretraining heads; :class:`BERTModel`
   puts them on the encoder and :func:`bert_loss` is the pretraining loss;
-* :func:`mask_tokens`: the masked-language-model rule (each non-special token chosen with
-  probability 0.15; of those 80 % become ``<mask>``, 10 % a random token, 10 % stay);
+* :func:`mask_tokens`: the masked-language-model rule (15 % of the non-special tokens chosen;
+  of those 80 % become ``<mask>``, 10 % a random token, 10 % stay);
 * :func:`tokens_and_segments`, :func:`truncate_pair`, :func:`nsp_pairs`, :func:`encode_pairs`:
   sentence pairs for next-sentence prediction, ``<cls> a <sep> b <sep>`` with segment ids;
 * :func:`read_ptb`, :func:`ptb_vocab`, :func:`pretraining_batch`: the Penn Treebank pipeline
@@ -224,11 +224,13 @@ def mask_tokens(tokens: torch.Tensor, special_ids: Sequence[int], mask_id: int, 
                 generator: torch.Generator | None = None) -> MaskedTokens:
     """BERT's masking rule on a batch ``tokens`` ``(b, n)``.
 
-    Each non-special token (id not in ``special_ids``) is chosen with probability ``mask_prob``,
-    independently; each chosen one becomes ``mask_id`` with probability 0.8, a random non-special
-    token with probability 0.1, or stays as it is with probability 0.1. The chosen positions of
-    each row come first, in order, padded (weight 0) to ``num_preds`` columns (default: the most
-    any row of the batch has, at least 1). ``generator`` (on the tokens' device) makes the draw
+    In a row with ``m`` non-special tokens (ids not in ``special_ids``), ``k`` of them are chosen
+    uniformly without replacement, ``k = mask_prob * m`` rounded down or up at random so that its
+    mean is exactly ``mask_prob * m`` (BERT rounds to the nearest integer, which gives 4 of 29,
+    13.8 %, on most rows here). Each chosen token becomes ``mask_id`` with probability 0.8, a
+    random non-special token with probability 0.1, or stays as it is with probability 0.1. The
+    chosen positions of a row are padded (weight 0) to ``num_preds`` columns (default: the
+    largest ``k`` of the batch, at least 1). ``generator`` (on the tokens' device) makes the draw
     repeatable.
     """
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
@@ -248,18 +250,20 @@ def mask_tokens(tokens: torch.Tensor, special_ids: Sequence[int], mask_id: int, 
     ordinary_ids = ordinary.nonzero().squeeze(1)  # the ids a random replacement is drawn from
     if len(ordinary_ids) == 0:
         raise ValueError("Every id of the vocabulary is special: there is no token to predict or draw.")
-    # 1. choose: each non-special token with probability mask_prob
-    candidates = ~torch.isin(tokens, special)
-    chosen = candidates & (torch.rand(tokens.shape, generator=generator, device=dev) < mask_prob)  # (b, n)
-    counts = chosen.sum(1)  # (b,)
+    # 1. how many: k = floor(mask_prob * m + u), u ~ U(0, 1), whose mean is mask_prob * m
+    candidates = ~torch.isin(tokens, special)  # (b, n)
+    m = candidates.sum(1)
+    u = torch.rand(m.shape, generator=generator, device=dev, dtype=torch.float64)
+    counts = torch.floor(m * mask_prob + u).long().clamp(max=m)  # (b,)
     width = max(int(counts.max()) if counts.numel() else 0, 1)
     if num_preds is None:
         num_preds = width
     elif check_int("num_preds", num_preds, minimum=1) < width:
         raise ValueError(f"num_preds={num_preds} is too small: a row of this batch has {width} chosen tokens. "
                          f"Pass num_preds >= {width}, or None.")
-    # 2. gather: the chosen positions of each row first (a stable sort keeps their order)
-    order = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)[:, :num_preds]
+    # 2. which: the first k of a random order of the row's candidates (random keys, others last)
+    keys = torch.rand(tokens.shape, generator=generator, device=dev).masked_fill(~candidates, 2.0)
+    order = keys.argsort(dim=1)[:, :num_preds]
     order = F.pad(order, (0, num_preds - order.shape[1]))  # rows shorter than num_preds
     weights = torch.arange(num_preds, device=dev)[None, :] < counts[:, None]  # (b, P): a real prediction
     positions = torch.where(weights, order, 0)

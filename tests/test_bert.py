@@ -160,9 +160,10 @@ def test_mask_tokens_invariants():
     candidates = ~torch.isin(tokens, torch.tensor(SPECIAL))
     assert candidates[rows[real], m.pred_positions[real]].all()  # never a special token
     assert (m.labels[real] == tokens[rows[real], m.pred_positions[real]]).all()
-    for r in range(len(tokens)):  # distinct positions, in increasing order
+    for r in range(len(tokens)):  # distinct positions, k = 0.15 m rounded down or up
         chosen = m.pred_positions[r][real[r]].tolist()
-        assert chosen == sorted(set(chosen))
+        assert len(set(chosen)) == len(chosen) in {math.floor(0.15 * candidates[r].sum()),
+                                                   math.ceil(0.15 * candidates[r].sum())}
     changed = torch.zeros_like(tokens, dtype=torch.bool)
     changed[rows[real], m.pred_positions[real]] = True
     assert (m.inputs[~changed] == tokens[~changed]).all()  # the other tokens stay
@@ -184,7 +185,7 @@ def test_mask_tokens_statistics():
     m = bert.mask_tokens(tokens, SPECIAL, MASK, 50, generator=torch.Generator().manual_seed(2))
     candidates = (~torch.isin(tokens, torch.tensor(SPECIAL))).sum().item()
     chosen = int(m.weights.sum())
-    assert binomial_ok(chosen, candidates, 0.15)
+    assert binomial_ok(chosen, candidates, 0.15)  # looser than needed: only the rounding is random
     kind = m.kind[m.weights.bool()]
     for k, p in ((0, 0.8), (1, 0.1), (2, 0.1)):
         assert binomial_ok(int((kind == k).sum()), chosen, p), (k, int((kind == k).sum()), chosen)
@@ -358,7 +359,7 @@ def test_pretrained_bert_is_trained_once_and_cached(isolated_data, monkeypatch):
     corpus = [vocab[s] for s in fake]
     result = bert.evaluate_pretraining(again.net, corpus, vocab, 12, bert.count_tokens(corpus, len(vocab)))
     assert result["num_pairs"] == 8 and 0 <= result["mlm_accuracy"] <= 1 and 0 <= result["nsp_accuracy"] <= 1
-    assert result["most_frequent"] > 0  # "the" is a third of the masked candidates or so
+    assert 0 <= result["most_frequent"] <= 1 and result["num_masked"] > 0
 
 
 def test_train_bert_rejects_an_incomplete_recipe():
