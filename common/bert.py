@@ -423,7 +423,8 @@ def pretraining_batch(corpus: Sequence[Sequence[int]], vocab: text.Vocab, batch_
 # ---------------------------------------------------------------------------------------------
 
 def bert_recipe() -> dict:
-    """The settings of :func:`pretrained_bert`: d2l-like sizes in full mode, a tiny model in smoke mode."""
+    """The settings of :func:`pretrained_bert`: d2l's small BERT (2 blocks, 2 heads, 128 hidden
+    units) in full mode, a smaller one trained for fewer steps in smoke mode."""
     return {
         "version": VERSION,
         "num_hiddens": config.pick(full=128, smoke=64),
@@ -432,9 +433,9 @@ def bert_recipe() -> dict:
         "num_blks": 2,
         "dropout": 0.1,
         "max_len": config.pick(full=64, smoke=32),
-        "batch_size": config.pick(full=256, smoke=64),
-        "num_steps": config.pick(full=5000, smoke=400),
-        "lr": config.pick(full=1e-3, smoke=2e-3),
+        "batch_size": config.pick(full=128, smoke=64),
+        "num_steps": config.pick(full=1000, smoke=250),
+        "lr": 3e-3,
         "warmup": 0.1,
         "min_freq": 5,
         "tie_weights": False,  # BERT ties them; in runs this short, untied learns much faster (measured)
@@ -524,8 +525,10 @@ def evaluate_pretraining(net: BERTModel, corpus: Sequence[Sequence[int]], vocab:
     """MLM and NSP accuracy of ``net`` on held-out sentences of token ids, with baselines on the same
     masked positions: ``mlm_accuracy``, ``most_frequent`` (always predicting the most frequent
     token of ``unigram``, a ``(vocab,)`` tensor of training counts), ``unigram_sampling`` (the
-    expected accuracy of drawing predictions from ``unigram``), ``nsp_accuracy``, ``num_masked``,
-    ``num_pairs``. The pairs and masks come from a generator seeded ``seed``: the same for every model."""
+    expected accuracy of drawing predictions from ``unigram``), ``nsp_accuracy``, ``nsp_auc`` (the
+    probability that a true next pair gets a higher "is next" score than a random pair: 0.5 for a
+    model that cannot tell them apart, whatever its bias towards one answer), ``num_masked``,
+    ``num_pairs``, ``num_next``. The pairs and masks come from a generator seeded ``seed``: the same for every model."""
     generator = torch.Generator().manual_seed(seed)
     firsts = torch.arange(len(corpus) - 1)
     dev = next(net.parameters()).device
@@ -533,6 +536,7 @@ def evaluate_pretraining(net: BERTModel, corpus: Sequence[Sequence[int]], vocab:
     net.eval()
     p = unigram.double() / unigram.sum()
     correct = most = expected = nsp_correct = masked_total = 0.0
+    scores, labels_next = [], []
     for start in range(0, len(firsts), batch_size):
         pairs, masked = pretraining_batch(corpus, vocab, batch_size, max_len, firsts[start:start + batch_size], generator)
         _, mlm_logits, nsp_logits = net(masked.inputs.to(dev), pairs.segments.to(dev), pairs.valid_lens.to(dev),
@@ -544,10 +548,30 @@ def evaluate_pretraining(net: BERTModel, corpus: Sequence[Sequence[int]], vocab:
         expected += p[labels].sum().item()
         masked_total += w.sum().item()
         nsp_correct += (nsp_logits.argmax(-1).cpu() == pairs.is_next.long()).sum().item()
+        scores.append((nsp_logits[:, 1] - nsp_logits[:, 0]).cpu())
+        labels_next.append(pairs.is_next)
     net.train(was_training)
     return {"mlm_accuracy": correct / masked_total, "most_frequent": most / masked_total,
             "unigram_sampling": expected / masked_total, "nsp_accuracy": nsp_correct / len(firsts),
+            "nsp_auc": auc(torch.cat(scores), torch.cat(labels_next)), "num_next": int(torch.cat(labels_next).sum()),
             "num_masked": int(masked_total), "num_pairs": len(firsts)}
+
+
+def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """The area under the ROC curve: the fraction of (positive, negative) pairs in which the
+    positive example scores higher (ties count one half), i.e. the Mann-Whitney U statistic."""
+    positive = positive.bool()
+    pos, neg = scores[positive].double(), scores[~positive].double()
+    if not len(pos) or not len(neg):
+        raise ValueError("auc needs at least one positive and one negative example.")
+    ranks = torch.cat([pos, neg]).argsort().argsort().double() + 1  # ranks 1..N (ties: see below)
+    all_scores = torch.cat([pos, neg])
+    # average the ranks of tied scores
+    unique, inverse = torch.unique(all_scores, return_inverse=True)
+    mean_rank = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, ranks)
+    mean_rank /= torch.bincount(inverse, minlength=len(unique)).double()
+    rank_sum = mean_rank[inverse][:len(pos)].sum().item()
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
 
 
 def count_tokens(corpus: Sequence[Sequence[int]], vocab_size: int) -> torch.Tensor:
@@ -556,7 +580,7 @@ def count_tokens(corpus: Sequence[Sequence[int]], vocab_size: int) -> torch.Tens
     return torch.bincount(flat, minlength=vocab_size)
 
 
-__all__ = ["SPECIAL_TOKENS", "BERTEncoder", "BERTModel", "EncoderBlock", "MaskLM", "MaskedTokens",
+__all__ = ["SPECIAL_TOKENS", "BERTEncoder", "auc", "BERTModel", "EncoderBlock", "MaskLM", "MaskedTokens",
            "NextSentencePred", "PairBatch", "PretrainedBERT", "bert_loss", "bert_recipe", "count_tokens",
            "encode_pairs", "evaluate_pretraining", "mask_tokens", "new_bert", "nsp_pairs",
            "pretrained_bert", "pretraining_batch", "ptb_vocab", "read_ptb", "special_ids", "tokens_and_segments",

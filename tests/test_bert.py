@@ -365,3 +365,15 @@ def test_pretrained_bert_is_trained_once_and_cached(isolated_data, monkeypatch):
 def test_train_bert_rejects_an_incomplete_recipe():
     with pytest.raises(ValueError, match="recipe lacks"):
         bert.train_bert({"num_hiddens": 8})
+
+
+def test_auc_matches_pairwise_counting():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (60,), generator=g).float()  # many ties
+    positive = torch.rand(60, generator=g) < 0.4
+    pos, neg = scores[positive], scores[~positive]
+    pairwise = ((pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double()).mean()
+    assert bert.auc(scores, positive) == pytest.approx(pairwise.item())
+    assert bert.auc(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([False, False, True])) == 1.0
+    with pytest.raises(ValueError, match="positive and one negative"):
+        bert.auc(torch.ones(3), torch.ones(3))
