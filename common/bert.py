@@ -457,7 +457,7 @@ class PretrainedBERT:
 def new_bert(vocab_size: int, recipe: dict) -> BERTModel:
     """An untrained :class:`BERTModel` with the sizes of ``recipe``."""
     return BERTModel(vocab_size, recipe["num_hiddens"], recipe["ffn_num_hiddens"], recipe["num_heads"],
-                     recipe["num_blks"], recipe["dropout"], recipe["max_len"], recipe["tie_weights"])
+                     recipe["num_blks"], recipe["dropout"], recipe["max_len"], recipe.get("tie_weights", False))
 
 
 def train_bert(recipe: dict, device: torch.device | str | None = None, progress: bool = True) -> dict:
