@@ -28,7 +28,9 @@ FLOOR_NOTEBOOKS ?= chapter_multilayer-perceptrons/read-write.ipynb \
 	chapter_computer-vision/neural-style.ipynb \
 	chapter_optimization/compilation.ipynb \
 	chapter_optimization/hardware.ipynb \
-	chapter_optimization/multi-device-from-scratch.ipynb
+	chapter_optimization/multi-device-from-scratch.ipynb \
+	chapter_optimization/async-computation.ipynb \
+	chapter_attention-mechanisms/bert.ipynb
 
 # A relative mirror path would break in notebooks, whose working directory is their chapter.
 ifdef COURSE_DATA_MIRROR
