@@ -374,6 +374,8 @@ def test_auc_matches_pairwise_counting():
     pos, neg = scores[positive], scores[~positive]
     pairwise = ((pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double()).mean()
     assert bert.auc(scores, positive) == pytest.approx(pairwise.item())
+    from sklearn.metrics import roc_auc_score  # the library's reference, ties included
+    assert bert.auc(scores, positive) == pytest.approx(roc_auc_score(positive.numpy(), scores.numpy()))
     assert bert.auc(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([False, False, True])) == 1.0
     with pytest.raises(ValueError, match="positive and one negative"):
         bert.auc(torch.ones(3), torch.ones(3))
