@@ -479,7 +479,7 @@ def train_bert(recipe: dict, device: torch.device | str | None = None, progress:
     bar = None
     if progress:
         from .progress import ProgressBar
-        bar = ProgressBar(total, "steps", desc="pretraining BERT")
+        bar = ProgressBar(total, "step", desc="pretraining BERT")
     losses = []
     net.train()
     for _ in range(total):
@@ -557,6 +557,42 @@ def evaluate_pretraining(net: BERTModel, corpus: Sequence[Sequence[int]], vocab:
             "num_masked": int(masked_total), "num_pairs": len(firsts)}
 
 
+@torch.no_grad()
+def nsp_preference(net: BERTModel, corpus: Sequence[Sequence[int]], vocab: text.Vocab, max_len: int,
+                   batch_size: int = 512, seed: int = 0) -> dict[str, float]:
+    """The paired NSP test: for every sentence ``a`` of ``corpus`` that has a next one, does ``net``
+    give the pair (``a``, its next sentence) a higher "is next" score ``o_1 - o_0`` than (``a``, a
+    sentence drawn uniformly from the others)? Returns ``preferred`` (the fraction of sentences
+    where it does: 0.5 by chance, each sentence an independent trial), ``num_sentences`` and
+    ``auc`` (:func:`auc` over all the pairs). The random sentences come from a generator seeded
+    ``seed``."""
+    n = len(corpus)
+    if n < 3:
+        raise ValueError(f"nsp_preference needs at least 3 sentences, got {n}.")
+    generator = torch.Generator().manual_seed(seed)
+    firsts = torch.arange(n - 1)
+    others = torch.randint(n - 2, (n - 1,), generator=generator)
+    others = others + (others >= firsts).long()   # skip a itself ...
+    others = others + (others >= firsts + 1).long()   # ... and its next sentence
+    dev = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    scores = {}
+    for name, seconds in (("next", firsts + 1), ("random", others)):
+        chunks = []
+        for start in range(0, n - 1, batch_size):
+            rows = zip(firsts[start:start + batch_size].tolist(), seconds[start:start + batch_size].tolist())
+            batch = encode_pairs([(corpus[i], corpus[j], name == "next") for i, j in rows], vocab, max_len).to(dev)
+            _, _, logits = net(batch.tokens, batch.segments, batch.valid_lens)
+            chunks.append((logits[:, 1] - logits[:, 0]).cpu())
+        scores[name] = torch.cat(chunks)
+    net.train(was_training)
+    both = torch.cat([scores["next"], scores["random"]])
+    labels = torch.cat([torch.ones(n - 1, dtype=torch.bool), torch.zeros(n - 1, dtype=torch.bool)])
+    return {"preferred": (scores["next"] > scores["random"]).double().mean().item(), "num_sentences": n - 1,
+            "auc": auc(both, labels)}
+
+
 def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """The area under the ROC curve: the fraction of (positive, negative) pairs in which the
     positive example scores higher (ties count one half), i.e. the Mann-Whitney U statistic."""
@@ -582,7 +618,7 @@ def count_tokens(corpus: Sequence[Sequence[int]], vocab_size: int) -> torch.Tens
 
 __all__ = ["SPECIAL_TOKENS", "BERTEncoder", "auc", "BERTModel", "EncoderBlock", "MaskLM", "MaskedTokens",
            "NextSentencePred", "PairBatch", "PretrainedBERT", "bert_loss", "bert_recipe", "count_tokens",
-           "encode_pairs", "evaluate_pretraining", "mask_tokens", "new_bert", "nsp_pairs",
+           "encode_pairs", "evaluate_pretraining", "mask_tokens", "new_bert", "nsp_pairs", "nsp_preference",
            "pretrained_bert", "pretraining_batch", "ptb_vocab", "read_ptb", "special_ids", "tokens_and_segments",
            "train_bert", "truncate_pair"]
 

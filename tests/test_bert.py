@@ -377,3 +377,16 @@ def test_auc_matches_pairwise_counting():
     assert bert.auc(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([False, False, True])) == 1.0
     with pytest.raises(ValueError, match="positive and one negative"):
         bert.auc(torch.ones(3), torch.ones(3))
+
+
+def test_nsp_preference_on_a_tiny_model():
+    vocab = tiny_vocab()
+    corpus = [vocab[s] for s in (["the", "cat"], ["sat", "on"], ["the", "mat"], ["cat", "sat"])]
+    net = bert.BERTModel(len(vocab), 8, 16, 2, 1, max_len=10, tie_weights=False)
+    result = bert.nsp_preference(net, corpus, vocab, max_len=10)
+    assert result["num_sentences"] == 3 and 0 <= result["preferred"] <= 1 and 0 <= result["auc"] <= 1
+    with torch.no_grad():  # a model whose "is next" score is the same for every pair prefers none
+        net.nsp.output.weight.zero_()
+    assert bert.nsp_preference(net, corpus, vocab, max_len=10)["preferred"] == 0
+    with pytest.raises(ValueError, match="at least 3"):
+        bert.nsp_preference(net, corpus[:2], vocab, 10)
