@@ -9,8 +9,12 @@ attention modules, positional encoding, heatmaps), ``optim`` (the optimisation c
 experiments), ``detection`` (boxes, anchors, NMS), ``vision`` (CIFAR-10, ResNet-18, pretrained
 backbones, transfer-learning data), ``generative`` (the Fréchet distance, a cached feature
 classifier), ``bananas`` (the banana-detection dataset), ``segmentation`` (Pascal VOC
-segmentation), ``bench`` (``make bench``), ``results`` (``check_result``), ``book``
-(``make book``) and ``notebook`` (the shared notebook header and notebook tools).
+segmentation), ``bert`` (BERT, its masking rule and the cached PTB pretraining),
+``paraphrase`` (the fra-eng paraphrase-pair task), ``distributed`` (process launching for the
+data-parallel notebooks), ``autodiff`` (the reverse-mode engine built from scratch), ``progress``
+(progress bars), ``checks`` (argument checks), ``bench`` (``make bench``), ``results``
+(``check_result``), ``book`` (``make book``) and ``notebook`` (the shared notebook header and
+notebook tools).
 """
 from .config import all_devices, device, fixed_seed, is_smoke, pick, repo_root, run_seed, seed_everything, setup
 from .results import check_result
