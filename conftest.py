@@ -8,6 +8,7 @@
 * Output hygiene: a cell whose executed output shows the repr of a matplotlib object
   (``<Figure size ...>``, ``<Axes: ...>``, ``[<matplotlib.lines.Line2D ...>]``) fails; end the
   plotting statement with ``;`` or assign its result.
+* A kernel that does not come up is started once more (see ``_start_kernel_twice``).
 """
 import re
 from collections import defaultdict
@@ -46,12 +47,31 @@ def _execute_like_jupyter(self, cell_input, allow_stdin=None):
     return self.kc.execute(cell_input, store_history=True, allow_stdin=allow_stdin, stop_on_error=False)
 
 
+def _start_kernel_twice(start):
+    """nbval's kernel start, tried a second time when the first kernel does not answer.
+
+    jupyter_client picks free TCP ports and leaves them for the kernel to bind; another process
+    can take one in between (the data-parallel notebooks start several processes that open many
+    sockets), and that kernel never answers. A CI-like run once failed this way ("Kernel didn't
+    respond in 60 seconds" before the first cell of a notebook that passes on its own). A second
+    kernel gets new ports; a notebook that really cannot start fails as before.
+    """
+    def start_new_kernel(*args, **kwargs):
+        try:
+            return start(*args, **kwargs)
+        except RuntimeError as err:  # nbval has shut the unresponsive kernel down
+            print(f"\nThe kernel did not start ({err}); starting another.")
+            return start(*args, **kwargs)
+    return start_new_kernel
+
+
 def pytest_configure(config):
     try:
         from nbval import kernel
     except ImportError:  # nbval not installed: no notebooks are executed
         return
     kernel.RunningKernel.execute_cell_input = _execute_like_jupyter
+    kernel.start_new_kernel = _start_kernel_twice(kernel.start_new_kernel)
 
 
 def matplotlib_reprs(outputs) -> list[str]:
