@@ -460,6 +460,16 @@ def new_bert(vocab_size: int, recipe: dict) -> BERTModel:
                      recipe["num_blks"], recipe["dropout"], recipe["max_len"], recipe.get("tie_weights", False))
 
 
+def warmup_then_linear_decay(optimizer: torch.optim.Optimizer, num_steps: int,
+                             warmup: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """BERT's learning-rate schedule, stepped once per update: a linear rise over the first
+    ``warmup`` fraction of ``num_steps`` to the optimiser's rate, then a linear fall to 0."""
+    num_steps = check_int("num_steps", num_steps, minimum=1)
+    warmup_steps = max(1, round(check_number("warmup", warmup, minimum=0.0) * num_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup_steps, max(0.0, (num_steps - s) / max(1, num_steps - warmup_steps))))
+
+
 def train_bert(recipe: dict, device: torch.device | str | None = None, progress: bool = True) -> dict:
     """Pretrain a BERT on the PTB training sentences with ``recipe``; returns ``{"model": state dict,
     "idx_to_token": the vocabulary, "history": {"mlm": [...], "nsp": [...]}}`` (what
@@ -474,9 +484,8 @@ def train_bert(recipe: dict, device: torch.device | str | None = None, progress:
     corpus = [vocab[s] for s in sentences]
     net = new_bert(len(vocab), recipe).to(dev)
     optimizer = torch.optim.AdamW(net.parameters(), lr=recipe["lr"], weight_decay=0.01)
-    total, warmup = recipe["num_steps"], max(1, round(recipe["warmup"] * recipe["num_steps"]))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    total = recipe["num_steps"]
+    scheduler = warmup_then_linear_decay(optimizer, total, recipe["warmup"])
     bar = None
     if progress:
         from .progress import ProgressBar
@@ -527,10 +536,8 @@ def evaluate_pretraining(net: BERTModel, corpus: Sequence[Sequence[int]], vocab:
     """MLM and NSP accuracy of ``net`` on held-out sentences of token ids, with baselines on the same
     masked positions: ``mlm_accuracy``, ``most_frequent`` (always predicting the most frequent
     token of ``unigram``, a ``(vocab,)`` tensor of training counts), ``unigram_sampling`` (the
-    expected accuracy of drawing predictions from ``unigram``), ``nsp_accuracy``, ``nsp_auc`` (the
-    probability that a true next pair gets a higher "is next" score than a random pair: 0.5 for a
-    model that cannot tell them apart, whatever its bias towards one answer), ``num_masked``,
-    ``num_pairs``, ``num_next``. The pairs and masks come from a generator seeded ``seed``: the same for every model."""
+    expected accuracy of drawing predictions from ``unigram``), ``nsp_accuracy``, ``num_masked``,
+    ``num_pairs``. The pairs and masks come from a generator seeded ``seed``: the same for every model."""
     generator = torch.Generator().manual_seed(seed)
     firsts = torch.arange(len(corpus) - 1)
     dev = next(net.parameters()).device
@@ -538,7 +545,6 @@ def evaluate_pretraining(net: BERTModel, corpus: Sequence[Sequence[int]], vocab:
     net.eval()
     p = unigram.double() / unigram.sum()
     correct = most = expected = nsp_correct = masked_total = 0.0
-    scores, labels_next = [], []
     for start in range(0, len(firsts), batch_size):
         pairs, masked = pretraining_batch(corpus, vocab, batch_size, max_len, firsts[start:start + batch_size], generator)
         _, mlm_logits, nsp_logits = net(masked.inputs.to(dev), pairs.segments.to(dev), pairs.valid_lens.to(dev),
@@ -550,12 +556,9 @@ def evaluate_pretraining(net: BERTModel, corpus: Sequence[Sequence[int]], vocab:
         expected += p[labels].sum().item()
         masked_total += w.sum().item()
         nsp_correct += (nsp_logits.argmax(-1).cpu() == pairs.is_next.long()).sum().item()
-        scores.append((nsp_logits[:, 1] - nsp_logits[:, 0]).cpu())
-        labels_next.append(pairs.is_next)
     net.train(was_training)
     return {"mlm_accuracy": correct / masked_total, "most_frequent": most / masked_total,
             "unigram_sampling": expected / masked_total, "nsp_accuracy": nsp_correct / len(firsts),
-            "nsp_auc": auc(torch.cat(scores), torch.cat(labels_next)), "num_next": int(torch.cat(labels_next).sum()),
             "num_masked": int(masked_total), "num_pairs": len(firsts)}
 
 
@@ -565,8 +568,8 @@ def nsp_preference(net: BERTModel, corpus: Sequence[Sequence[int]], vocab: text.
     """The paired NSP test: for every sentence ``a`` of ``corpus`` that has a next one, does ``net``
     give the pair (``a``, its next sentence) a higher "is next" score ``o_1 - o_0`` than (``a``, a
     sentence drawn uniformly from the others)? Returns ``preferred`` (the fraction of sentences
-    where it does: 0.5 by chance, each sentence an independent trial), ``num_sentences`` and
-    ``auc`` (:func:`auc` over all the pairs). The random sentences come from a generator seeded
+    where it does: 0.5 by chance, each sentence an independent trial) and ``num_sentences``. The
+    random sentences come from a generator seeded
     ``seed``."""
     n = len(corpus)
     if n < 3:
@@ -589,27 +592,7 @@ def nsp_preference(net: BERTModel, corpus: Sequence[Sequence[int]], vocab: text.
             chunks.append((logits[:, 1] - logits[:, 0]).cpu())
         scores[name] = torch.cat(chunks)
     net.train(was_training)
-    both = torch.cat([scores["next"], scores["random"]])
-    labels = torch.cat([torch.ones(n - 1, dtype=torch.bool), torch.zeros(n - 1, dtype=torch.bool)])
-    return {"preferred": (scores["next"] > scores["random"]).double().mean().item(), "num_sentences": n - 1,
-            "auc": auc(both, labels)}
-
-
-def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
-    """The area under the ROC curve: the fraction of (positive, negative) pairs in which the
-    positive example scores higher (ties count one half), i.e. the Mann-Whitney U statistic."""
-    positive = positive.bool()
-    pos, neg = scores[positive].double(), scores[~positive].double()
-    if not len(pos) or not len(neg):
-        raise ValueError("auc needs at least one positive and one negative example.")
-    ranks = torch.cat([pos, neg]).argsort().argsort().double() + 1  # ranks 1..N (ties: see below)
-    all_scores = torch.cat([pos, neg])
-    # average the ranks of tied scores
-    unique, inverse = torch.unique(all_scores, return_inverse=True)
-    mean_rank = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, ranks)
-    mean_rank /= torch.bincount(inverse, minlength=len(unique)).double()
-    rank_sum = mean_rank[inverse][:len(pos)].sum().item()
-    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+    return {"preferred": (scores["next"] > scores["random"]).double().mean().item(), "num_sentences": n - 1}
 
 
 def count_tokens(corpus: Sequence[Sequence[int]], vocab_size: int) -> torch.Tensor:
@@ -618,9 +601,9 @@ def count_tokens(corpus: Sequence[Sequence[int]], vocab_size: int) -> torch.Tens
     return torch.bincount(flat, minlength=vocab_size)
 
 
-__all__ = ["SPECIAL_TOKENS", "BERTEncoder", "auc", "BERTModel", "EncoderBlock", "MaskLM", "MaskedTokens",
+__all__ = ["SPECIAL_TOKENS", "BERTEncoder", "BERTModel", "EncoderBlock", "MaskLM", "MaskedTokens",
            "NextSentencePred", "PairBatch", "PretrainedBERT", "bert_loss", "bert_recipe", "count_tokens",
            "encode_pairs", "evaluate_pretraining", "mask_tokens", "new_bert", "nsp_pairs", "nsp_preference",
            "pretrained_bert", "pretraining_batch", "ptb_vocab", "read_ptb", "special_ids", "tokens_and_segments",
-           "train_bert", "truncate_pair"]
+           "train_bert", "truncate_pair", "warmup_then_linear_decay"]
 
