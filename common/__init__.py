@@ -1,6 +1,6 @@
 """Shared utilities of the deep-learning course.
 
-Modules (each importable alone): ``config`` (run mode, seeding, device), ``data``
+Modules (each importable alone): ``config`` (run mode, seeding, device, ``synchronize``), ``data``
 (download, cache, mirror, dataset loaders), ``plot`` (figures, live training plot),
 ``train`` (metrics, evaluation, the classification training loop), ``text`` (tokens,
 vocabularies, sequence minibatches), ``rnn`` (language-model training), ``seq2seq``
@@ -16,8 +16,19 @@ data-parallel notebooks), ``autodiff`` (the reverse-mode engine built from scrat
 (``check_result``), ``book`` (``make book``) and ``notebook`` (the shared notebook header and
 notebook tools).
 """
-from .config import all_devices, device, fixed_seed, is_smoke, pick, repo_root, run_seed, seed_everything, setup
+from .config import (
+    all_devices,
+    device,
+    fixed_seed,
+    is_smoke,
+    pick,
+    repo_root,
+    run_seed,
+    seed_everything,
+    setup,
+    synchronize,
+)
 from .results import check_result
 
 __all__ = ["all_devices", "check_result", "device", "fixed_seed", "is_smoke", "pick", "repo_root", "run_seed",
-           "seed_everything", "setup"]
+           "seed_everything", "setup", "synchronize"]

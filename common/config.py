@@ -106,6 +106,19 @@ def resolve_device(value: torch.device | str | None = None) -> torch.device:
     return dev
 
 
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait until every operation queued on ``device`` (``None``: :func:`device`) has finished.
+
+    CUDA and MPS run kernels asynchronously: a call returns once the kernel is queued, so a clock
+    read right after it measures the queueing, not the work. On the CPU there is nothing to wait for.
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    elif dev.type == "mps":
+        torch.mps.synchronize()
+
+
 def all_devices() -> list[torch.device]:
     """Every CUDA GPU, or ``[device()]`` when there is none."""
     count = torch.cuda.device_count()

@@ -125,3 +125,19 @@ def test_fixed_seed_repeats_the_block_and_gives_the_stream_back():
     with common.fixed_seed(0):
         assert torch.equal(torch.rand(2), inside)
     assert torch.equal(after, expected_after)
+
+
+def test_synchronize_waits_on_the_device_it_is_given(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda dev=None: calls.append(("cuda", dev)))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append(("mps", None)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    common.synchronize("cpu")
+    assert calls == []  # nothing queued on a CPU
+    common.synchronize("cuda:1")
+    common.synchronize("mps")
+    assert calls == [("cuda", torch.device("cuda:1")), ("mps", None)]
+    with pytest.raises(ValueError, match="Unknown device"):
+        common.synchronize("tpu")
