@@ -218,6 +218,15 @@ def _rows_in(results_file: Path) -> dict[str, Row]:
     return rows
 
 
+def _why_no_result(notebook: Path, name: str) -> str:
+    """The result cell of a notebook that has no executed copy."""
+    if name in NEEDS_GPU:
+        return f"needs a GPU: {NEEDS_GPU[name]}"
+    if "check_result(" not in notebook.read_text(encoding="utf-8"):
+        return "no headline result (checks only)"
+    return "not run in full mode yet"
+
+
 def write_results(notebooks: list[Path], results_file: Path | None = None) -> None:
     """Rewrite RESULTS.md: rows from build/book for the executed notebooks, earlier rows for the rest."""
     results_file = RESULTS_FILE if results_file is None else results_file
@@ -231,15 +240,15 @@ def write_results(notebooks: list[Path], results_file: Path | None = None) -> No
              "its `check_result` line printed it with seed 0, followed by its range over the seeds run",
              "(`make book BOOK_FLAGS=\"--seeds 0,1,2\"`); `asserted` is the threshold it must beat, `d2l` the",
              "figure d2l publishes for the same experiment. Wall times are for the whole notebook (seed 0) on",
-             "the device named.",
+             "the device named. A notebook with no `check_result` line says so: its checks run in smoke mode",
+             "in every `make test`.",
              "",
              "| " + " | ".join(HEADER) + " |",
              "|" + "---|" * len(HEADER)]
     for notebook in notebooks:
         name = notebook.resolve().relative_to(ROOT).as_posix()
-        if name not in rows:
-            todo = f"needs a GPU: {NEEDS_GPU[name]}" if name in NEEDS_GPU else "not run in full mode yet"
-            rows[name] = Row(name, todo, "", "—", "", "", "")
+        if name not in rows or not rows[name].commit:  # no run yet: say why, from today's sources
+            rows[name] = Row(name, _why_no_result(notebook, name), "", "—", "", "", "")
         lines.append(rows[name].markdown())
     tmp = results_file.with_suffix(".part")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

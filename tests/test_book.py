@@ -73,18 +73,22 @@ def test_results_table_keeps_earlier_rows_and_says_what_was_not_run(fake_repo):
     results = fake_repo / "RESULTS.md"
     earlier = book.Row("chapter_demo/old.ipynb", "accuracy 0.8", "> 0.7", "0.81", "CPU, 2 cores (x86_64)", "5 min",
                        "0ld")
-    results.write_text("| " + " | ".join(book.HEADER) + " |\n|---|\n" + earlier.markdown() + "\n")
+    stale = book.Row("chapter_demo/big.ipynb", "not run in full mode yet", "", "—", "", "", "")  # before NEEDS_GPU said
+    results.write_text("| " + " | ".join(book.HEADER) + " |\n|---|\n" + earlier.markdown() + "\n"
+                       + stale.markdown() + "\n")
     new = _notebook(fake_repo, "new.ipynb", 'print("result: loss = 0.1 (asserted < 0.5)")')
     book.execute(new, "n3w")
-    notebooks = [fake_repo / "chapter_demo" / name for name in ("big.ipynb", "new.ipynb", "old.ipynb", "todo.ipynb")]
-    book.write_results(notebooks, results)
+    _notebook(fake_repo, "todo.ipynb", 'import common\ncommon.check_result("loss", 0.1, below=0.5)')
+    _notebook(fake_repo, "checks.ipynb", "assert 1 + 1 == 2")
+    names = ("big.ipynb", "checks.ipynb", "new.ipynb", "old.ipynb", "todo.ipynb")
+    book.write_results([fake_repo / "chapter_demo" / name for name in names], results)
     rows = book._rows_in(results)
-    assert list(rows) == ["chapter_demo/big.ipynb", "chapter_demo/new.ipynb", "chapter_demo/old.ipynb",
-                          "chapter_demo/todo.ipynb"]
+    assert list(rows) == [f"chapter_demo/{name}" for name in names]
     assert rows["chapter_demo/old.ipynb"] == earlier
     assert (rows["chapter_demo/new.ipynb"].result, rows["chapter_demo/new.ipynb"].commit) == ("loss 0.1", "n3w")
     assert rows["chapter_demo/big.ipynb"].result == "needs a GPU: about 3 hours on 2 CPU cores"
     assert rows["chapter_demo/todo.ipynb"].result == "not run in full mode yet"
+    assert rows["chapter_demo/checks.ipynb"].result == "no headline result (checks only)"
 
 
 def test_seeds_reach_the_notebook_and_the_row_gives_their_range(fake_repo):
