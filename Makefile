@@ -79,7 +79,8 @@ test-floor: $(FLOOR_VENV)/.installed
 # Full mode (the real sizes; meant for a GPU machine): executed copies go to build/book/ and
 # RESULTS.md is regenerated from them. One chapter: make book NOTEBOOKS="chapter_x/*.ipynb";
 # notebooks already executed at this commit are skipped unless BOOK_FLAGS=--force; several seeds:
-# BOOK_FLAGS="--seeds 0,1,2".
+# BOOK_FLAGS="--seeds 0,1,2"; a GPU job's time on this machine, estimated from 5 timed steps of
+# each training loop instead of run: BOOK_FLAGS="--estimate 5".
 book: install
 	$(PY) -m common.book $(BOOK_FLAGS) $(NOTEBOOKS)
 

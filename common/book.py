@@ -10,6 +10,13 @@ the wall time in its metadata; a notebook already executed from the same source 
 commit with the same seed is not run again unless ``--force`` is given. Then ``RESULTS.md`` is
 rewritten from the executed copies: a notebook executed now gets a new row, every other row is
 kept as the last run wrote it. The table is never edited by hand.
+
+``--estimate K`` estimates full mode's time instead of running it, for the notebooks whose full
+mode is a GPU job: each notebook runs in full mode with ``COURSE_ESTIMATE_STEPS=K`` into
+``build/book/estimate/``, so that every training loop's progress bar times K steps (and at least
+10 s of them) after a warm-up one, prints what the rest of its loop would take and stops the loop (cells that needed its result
+then fail, as expected). The estimate is the run's wall time plus the time left in every loop; the
+evaluation passes between epochs are not in it. A notebook that has a full-mode row keeps it.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .progress import ESTIMATE_LINE
 from .results import RESULT_LINE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,13 +89,50 @@ def executed_path(notebook: Path, seed: int = 0) -> Path:
 
 def is_up_to_date(notebook: Path, commit: str, seed: int = 0) -> bool:
     """Whether ``build/book`` holds a run of this very notebook source at this commit with this seed."""
+    return _is_current(executed_path(notebook, seed), notebook, commit)
+
+
+def _is_current(target: Path, notebook: Path, commit: str) -> bool:
     import nbformat
 
-    target = executed_path(notebook, seed)
     if not target.exists():
         return False
     record = nbformat.read(target, as_version=4).metadata.get("course_book", {})
     return record.get("commit") == commit and record.get("source_sha1") == _digest(notebook)
+
+
+def _run(notebook: Path, target: Path, env: dict[str, str], allow_errors: bool = False):
+    """Execute ``notebook`` with ``env`` added to the kernel's environment (the kernel's only) and
+    write it to ``target``; return the executed notebook, its wall time and the error that stopped it."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(notebook, as_version=4)
+    client = NotebookClient(nb, timeout=None, kernel_name="python3", allow_errors=allow_errors,
+                            resources={"metadata": {"path": str(notebook.parent)}})
+    start = time.perf_counter()
+    error = ""
+    try:
+        client.execute(env={**os.environ, **env})
+    except CellExecutionError as err:
+        error = _plain(str(err)).strip().splitlines()[-1][:300]
+    return nb, round(time.perf_counter() - start), error
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # no terminal colours
+
+
+def _save(nb, record: dict, target: Path) -> dict:
+    import nbformat
+
+    nb.metadata["course_book"] = record
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".part")
+    nbformat.write(nb, tmp)
+    os.replace(tmp, target)  # a half-written copy never counts as executed
+    return record
 
 
 def execute(notebook: Path, commit: str, seed: int = 0) -> dict:
@@ -95,29 +140,41 @@ def execute(notebook: Path, commit: str, seed: int = 0) -> dict:
 
     The seed reaches the notebook as ``COURSE_SEED``, which its setup cell (``common.setup()``) uses.
     """
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
-    nb = nbformat.read(notebook, as_version=4)
-    client = NotebookClient(nb, timeout=None, kernel_name="python3",
-                            resources={"metadata": {"path": str(notebook.parent)}})
-    start = time.perf_counter()
-    error = ""
-    try:
-        client.execute(env={**os.environ, "COURSE_SMOKE": "0", "COURSE_SEED": str(seed)})  # the kernel's only
-    except CellExecutionError as err:
-        error = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()[-1][:300]  # no terminal colours
-    record = {"commit": commit, "seed": seed, "source_sha1": _digest(notebook), "device": device_name(),
-              "seconds": round(time.perf_counter() - start), "status": "failed" if error else "passed",
-              "error": error}
-    nb.metadata["course_book"] = record
     target = executed_path(notebook, seed)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".part")
-    nbformat.write(nb, tmp)
-    os.replace(tmp, target)  # a half-written copy never counts as executed
-    return record
+    nb, seconds, error = _run(notebook, target, {"COURSE_SMOKE": "0", "COURSE_SEED": str(seed)})
+    record = {"commit": commit, "seed": seed, "source_sha1": _digest(notebook), "device": device_name(),
+              "seconds": seconds, "status": "failed" if error else "passed", "error": error}
+    return _save(nb, record, target)
+
+
+def estimate_path(notebook: Path) -> Path:
+    """``build/book/estimate/<chapter>/<name>.ipynb``."""
+    return BOOK_DIR / "estimate" / notebook.resolve().relative_to(ROOT)
+
+
+def estimate(notebook: Path, commit: str, steps: int) -> dict:
+    """Estimate the full-mode time of ``notebook`` from ``steps`` timed steps per training loop
+    (see the module's docstring); return its record, also in the metadata of its copy in
+    ``build/book/estimate/``."""
+    target = estimate_path(notebook)
+    nb, seconds, _ = _run(notebook, target, {"COURSE_SMOKE": "0", "COURSE_SEED": "0",
+                                              "COURSE_ESTIMATE_STEPS": str(steps)}, allow_errors=True)
+    texts = [output.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+             for output in cell.get("outputs", []) if output.get("name") == "stdout"]
+    loops = [m for text in texts for m in ESTIMATE_LINE.finditer(text)]
+    errors = [f"{output['ename']}: {_plain(output.get('evalue', ''))}"[:300] for cell in nb.cells
+              if cell.cell_type == "code" for output in cell.get("outputs", [])
+              if output.get("output_type") == "error" and output.get("ename") != "EstimateReached"]
+    record = {"commit": commit, "seed": 0, "source_sha1": _digest(notebook), "device": device_name(),
+              "seconds": seconds, "status": "estimated" if loops else "failed", "steps": steps,
+              "loops": len(loops), "estimated_seconds": round(seconds + sum(float(m["left"]) for m in loops)),
+              "error": "" if loops else (errors[0] if errors else "no training loop with a progress bar ran")}
+    return _save(nb, record, target)
+
+
+def is_estimated(notebook: Path, commit: str) -> bool:
+    """Whether ``build/book/estimate`` holds an estimate of this very notebook source at this commit."""
+    return _is_current(estimate_path(notebook), notebook, commit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,12 +196,18 @@ class Row:
                  self.time, self.commit]
         return "| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |"
 
+    def is_estimate(self) -> bool:
+        """Whether this row holds an estimate (``--estimate``), which a full-mode run replaces."""
+        return self.time.endswith("(estimated)")
+
 
 HEADER = ["notebook", "result", "asserted", "d2l", "device", "wall time", "commit"]
 
 
 def _minutes(seconds: int) -> str:
-    return f"{seconds} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    if seconds < 120:
+        return f"{seconds} s"
+    return f"{seconds / 60:.0f} min" if seconds < 2 * 3600 else f"{seconds / 3600:.2g} h"
 
 
 def _read_executed(path: Path) -> tuple[dict, list[re.Match]]:
@@ -195,6 +258,29 @@ def row_from_executed(paths: list[Path], notebook: str) -> Row:
                commits)
 
 
+def row_from_estimate(path: Path, notebook: str) -> Row:
+    """The table row of a notebook whose full-mode time was estimated (``--estimate``), not run."""
+    import nbformat
+
+    record = nbformat.read(path, as_version=4).metadata.get("course_book", {})
+    device, commit = record.get("device", "?"), record.get("commit", "?")
+    if record.get("status") != "estimated":
+        return Row(notebook, f"needs a GPU; estimating its time failed: {record.get('error', '')}", "", "—", device,
+                   "", commit)
+    loops = record["loops"]
+    result = (f"needs a GPU: full mode not run; its time estimated from {record['steps']} timed steps of "
+              f"{'its training loop' if loops == 1 else f'each of its {loops} training loops'} "
+              "(evaluation passes not included)")
+    return Row(notebook, result, "", "—", device, f"about {_minutes(record['estimated_seconds'])} (estimated)",
+               commit)
+
+
+def estimated_copies() -> dict[str, Path]:
+    """Every estimate in build/book/estimate, by notebook (``chapter_x/name.ipynb``)."""
+    folder = BOOK_DIR / "estimate"
+    return {path.relative_to(folder).as_posix(): path for path in sorted(folder.glob("chapter_*/*.ipynb"))}
+
+
 def executed_copies() -> dict[str, list[Path]]:
     """Every executed copy in build/book, by notebook (``chapter_x/name.ipynb``), seed 0 first."""
     copies: dict[str, list[Path]] = {}
@@ -231,8 +317,13 @@ def write_results(notebooks: list[Path], results_file: Path | None = None) -> No
     """Rewrite RESULTS.md: rows from build/book for the executed notebooks, earlier rows for the rest."""
     results_file = RESULTS_FILE if results_file is None else results_file
     rows = _rows_in(results_file)
-    for notebook, paths in executed_copies().items():
+    executed = executed_copies()
+    for notebook, paths in executed.items():
         rows[notebook] = row_from_executed(paths, notebook)
+    for notebook, path in estimated_copies().items():
+        earlier = rows.get(notebook)
+        if notebook not in executed and (earlier is None or not earlier.commit or earlier.is_estimate()):
+            rows[notebook] = row_from_estimate(path, notebook)
     lines = ["# What full mode reaches",
              "",
              "Generated by `make book` (`python -m common.book`) from notebooks executed in full mode",
@@ -241,7 +332,9 @@ def write_results(notebooks: list[Path], results_file: Path | None = None) -> No
              "(`make book BOOK_FLAGS=\"--seeds 0,1,2\"`); `asserted` is the threshold it must beat, `d2l` the",
              "figure d2l publishes for the same experiment. Wall times are for the whole notebook (seed 0) on",
              "the device named. A notebook with no `check_result` line says so: its checks run in smoke mode",
-             "in every `make test`.",
+             "in every `make test`. A notebook whose full mode is a GPU job says so; its wall time on the CPU",
+             "named is an estimate (`make book BOOK_FLAGS=\"--estimate 5\"`) from a few timed steps of each",
+             "training loop, not a run.",
              "",
              "| " + " | ".join(HEADER) + " |",
              "|" + "---|" * len(HEADER)]
@@ -265,6 +358,24 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _steps(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--estimate takes a number of steps to time, e.g. 5; got {text!r}")
+    return int(text)
+
+
+def _estimate_one(notebook: Path, commit: str, steps: int, force: bool) -> bool:
+    """Estimate one notebook (unless already estimated at this commit); return whether it failed."""
+    if not force and is_estimated(notebook, commit):
+        print(f"{notebook}: already estimated at {commit} (--force estimates it again)", flush=True)
+        return False
+    print(f"{notebook}: estimating full mode's time from {steps} timed steps per training loop ...", flush=True)
+    record = estimate(notebook, commit, steps)
+    row = row_from_estimate(estimate_path(notebook), notebook.resolve().relative_to(ROOT).as_posix())
+    print(f"{notebook}: {row.time or row.result} ({record['seconds']} s to estimate)", flush=True)
+    return record["status"] == "failed"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to execute (default: all)")
@@ -272,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=_seeds, default=[0], help="seeds to run each notebook with, e.g. 0,1,2")
     parser.add_argument("--include-gpu", action="store_true",
                         help="also run the notebooks whose full mode is a GPU job when no GPU is here")
+    parser.add_argument("--estimate", type=_steps, metavar="K",
+                        help="do not run full mode: estimate its time from K timed steps of each training loop")
     args = parser.parse_args(argv)
     everything = sorted(ROOT.glob("chapter_*/*.ipynb"))
     chosen = args.notebooks or everything
@@ -284,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for notebook in chosen:
         name = notebook.resolve().relative_to(ROOT).as_posix()
+        if args.estimate is not None:
+            failed += _estimate_one(notebook, commit, args.estimate, args.force)
+            continue
         if name in NEEDS_GPU and not accelerated and not args.include_gpu:
             print(f"{notebook}: skipped, its full mode needs a GPU ({NEEDS_GPU[name]}); "
                   "--include-gpu runs it on this CPU anyway", flush=True)

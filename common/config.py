@@ -55,6 +55,20 @@ def run_seed() -> int:
     return check_int("COURSE_SEED", int(value), minimum=0, maximum=2**32 - 1)
 
 
+def estimate_steps() -> int | None:
+    """``COURSE_ESTIMATE_STEPS`` if set, else None: in this mode (``make book`` with ``--estimate``) every
+    progress bar times that many steps (and at least 10 s of them) after a warm-up step, prints what
+    the rest of its loop would take and stops the loop, so that a long full-mode run is estimated in
+    minutes."""
+    value = os.environ.get("COURSE_ESTIMATE_STEPS", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"COURSE_ESTIMATE_STEPS={value!r} is not a number of steps: use a whole number such as 5, "
+                         "or unset it to train normally.")
+    return int(value)
+
+
 @contextlib.contextmanager
 def fixed_seed(seed: int = 0):
     """Seed torch for the block, then give back the random stream as it was before the block.

@@ -4,13 +4,32 @@ While a loop runs, the line is redrawn in place (an updated display in Jupyter, 
 return in a terminal). When it closes, a final summary stays behind (``training: 48/48 batches in
 3.2 s, loss 0.512``), so an executed notebook shows that training ran and how long it took,
 instead of a stale ``0%`` bar. It needs no widgets and no extra package.
+
+In estimate mode (``COURSE_ESTIMATE_STEPS=k``, set by ``make book`` with ``--estimate``) a bar times
+at least ``k`` steps, and at least 10 seconds of them, after its first one (the warm-up: memory
+allocation, kernel selection), prints an
+``estimate:`` line with the time per step and the time its whole loop would still take, and raises
+:class:`EstimateReached`, which ends the loop. This is how the book estimates a full-mode run that
+would take hours on a CPU.
 """
 from __future__ import annotations
 
+import re
 import sys
 import time
 
+from .config import estimate_steps
 from .plot import in_notebook
+
+ESTIMATE_LINE = re.compile(r"^estimate: (?P<desc>.+?): (?P<total>\d+) steps at (?P<seconds>\S+) s per step, "
+                           r"(?P<left>\S+) s left to run$", re.MULTILINE)
+
+
+ESTIMATE_MIN_SECONDS = 10.0  # a shorter window is at the mercy of whatever else the machine does
+
+
+class EstimateReached(Exception):
+    """Estimate mode: a progress bar has timed its steps and stops its loop here."""
 
 
 class ProgressBar:
@@ -31,13 +50,31 @@ class ProgressBar:
         self.handle = None
         self.width = 0  # length of the line last written to a terminal
         self.closed = False
+        self.estimate_steps = estimate_steps()
+        self.timed_from: tuple[int, float] | None = None  # (count, time) after the warm-up step
 
     def update(self, n: int = 1) -> None:
         self.count += n
         now = time.perf_counter()
+        if self.estimate_steps is not None:
+            self._estimate(now)
         if now - self.last_draw >= self.min_interval:
             self.last_draw = now
             self._show(self.line())
+
+    def _estimate(self, now: float) -> None:
+        if self.timed_from is None:
+            self.timed_from = (self.count, now)
+            return
+        start_count, start_time = self.timed_from
+        timed = self.count - start_count
+        if timed < self.estimate_steps or now - start_time < ESTIMATE_MIN_SECONDS or self.count >= self.total:
+            return
+        per_step = (now - start_time) / timed
+        print(f"estimate: {self.desc}: {self.total} steps at {per_step:.4g} s per step, "
+              f"{per_step * (self.total - self.count):.4g} s left to run")
+        raise EstimateReached(f"COURSE_ESTIMATE_STEPS={self.estimate_steps}: {self.desc} timed {timed} "
+                              f"{_plural(self.unit)} after a warm-up one and stops here.")
 
     def set_postfix(self, **values) -> None:
         self.postfix = ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in values.items())

@@ -121,3 +121,50 @@ def test_gpu_notebooks_are_skipped_on_a_cpu_unless_asked(fake_repo, monkeypatch,
     assert book.main([str(big)]) == 0
     assert "skipped, its full mode needs a GPU" in capsys.readouterr().out
     assert not book.executed_path(big).exists()
+
+
+def test_estimate_times_each_training_loop_and_gives_the_row_a_time_not_a_result(fake_repo, monkeypatch):
+    loop = ("from common import progress\n"
+            "progress.ESTIMATE_MIN_SECONDS = 0.0  # the test's loops take no time\n"
+            "from common.progress import ProgressBar\n"
+            "bar = ProgressBar({total}, unit='batch')\n"
+            "for step in range({total}):\n"
+            "    bar.update()\n"
+            "history = 'trained'\n")
+    big = fake_repo / "chapter_demo" / "big.ipynb"
+    big.parent.mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(loop.format(total=1000)),
+               nbformat.v4.new_code_cell("print(history)"),  # fails: the loop above was stopped
+               nbformat.v4.new_code_cell(loop.format(total=50))],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}), big)
+    record = book.estimate(big, "abc123", steps=3)
+    assert record["status"] == "estimated" and record["loops"] == 2
+    assert record["estimated_seconds"] >= record["seconds"]
+    assert book.is_estimated(big, "abc123") and not book.is_estimated(big, "def456")
+    assert not book.executed_path(big).exists(), "an estimate is not a full-mode run"
+    results = fake_repo / "RESULTS.md"
+    book.write_results([big], results)
+    row = book._rows_in(results)["chapter_demo/big.ipynb"]
+    assert row.is_estimate() and row.commit == "abc123"
+    assert "estimated from 3 timed steps of each of its 2 training loops" in row.result
+    book.write_results([big], results)  # the estimate row is kept, like a run's
+    assert book._rows_in(results)["chapter_demo/big.ipynb"] == row
+
+
+def test_an_estimate_without_a_progress_bar_fails_and_a_run_replaces_an_estimate(fake_repo, monkeypatch):
+    monkeypatch.setenv("COURSE_SMOKE", "1")
+    plain = _notebook(fake_repo, "plain.ipynb", 'print("result: accuracy = 0.9 (asserted > 0.8)")')
+    record = book.estimate(plain, "abc123", steps=3)
+    assert record["status"] == "failed" and "no training loop" in record["error"]
+    results = fake_repo / "RESULTS.md"
+    book.write_results([plain], results)
+    assert "estimating its time failed" in book._rows_in(results)["chapter_demo/plain.ipynb"].result
+    book.execute(plain, "abc123")
+    book.write_results([plain], results)
+    assert book._rows_in(results)["chapter_demo/plain.ipynb"].result == "accuracy 0.9"
+
+
+def test_estimate_option_refuses_what_is_not_a_number_of_steps():
+    with pytest.raises(SystemExit):
+        book.main(["--estimate", "0"])
