@@ -14,9 +14,12 @@ kept as the last run wrote it. The table is never edited by hand.
 ``--estimate K`` estimates full mode's time instead of running it, for the notebooks whose full
 mode is a GPU job: each notebook runs in full mode with ``COURSE_ESTIMATE_STEPS=K`` into
 ``build/book/estimate/``, so that every training loop's progress bar times K steps (and at least
-10 s of them) after a warm-up one, prints what the rest of its loop would take and stops the loop (cells that needed its result
-then fail, as expected). The estimate is the run's wall time plus the time left in every loop; the
-evaluation passes between epochs are not in it. A notebook that has a full-mode row keeps it.
+10 s of them) after a warm-up one, prints what the whole loop would take and stops it.
+:func:`common.train.train_classifier` then times one epoch's evaluations too and returns, so the
+notebook's later loops run and are timed as well; a notebook's own loop stops its notebook there
+(the cells after it fail, as expected). The estimate is the run's wall time plus the time left in
+every loop timed; the evaluations inside a notebook's own loops are not in it. A notebook that has
+a full-mode row keeps it.
 """
 from __future__ import annotations
 
@@ -161,13 +164,14 @@ def estimate(notebook: Path, commit: str, steps: int) -> dict:
                                               "COURSE_ESTIMATE_STEPS": str(steps)}, allow_errors=True)
     texts = [output.get("text", "") for cell in nb.cells if cell.cell_type == "code"
              for output in cell.get("outputs", []) if output.get("name") == "stdout"]
-    loops = [m for text in texts for m in ESTIMATE_LINE.finditer(text)]
+    loops = [{"desc": m["desc"], "steps": int(m["total"]), "seconds_per_step": float(m["seconds"]),
+              "seconds_left": float(m["left"])} for text in texts for m in ESTIMATE_LINE.finditer(text)]
     errors = [f"{output['ename']}: {_plain(output.get('evalue', ''))}"[:300] for cell in nb.cells
               if cell.cell_type == "code" for output in cell.get("outputs", [])
               if output.get("output_type") == "error" and output.get("ename") != "EstimateReached"]
     record = {"commit": commit, "seed": 0, "source_sha1": _digest(notebook), "device": device_name(),
               "seconds": seconds, "status": "estimated" if loops else "failed", "steps": steps,
-              "loops": len(loops), "estimated_seconds": round(seconds + sum(float(m["left"]) for m in loops)),
+              "loops": loops, "estimated_seconds": round(seconds + sum(loop["seconds_left"] for loop in loops)),
               "error": "" if loops else (errors[0] if errors else "no training loop with a progress bar ran")}
     return _save(nb, record, target)
 
@@ -267,12 +271,18 @@ def row_from_estimate(path: Path, notebook: str) -> Row:
     if record.get("status") != "estimated":
         return Row(notebook, f"needs a GPU; estimating its time failed: {record.get('error', '')}", "", "—", device,
                    "", commit)
-    loops = record["loops"]
-    result = (f"needs a GPU: full mode not run; its time estimated from {record['steps']} timed steps of "
-              f"{'its training loop' if loops == 1 else f'each of its {loops} training loops'} "
-              "(evaluation passes not included)")
+    result = (f"needs a GPU: full mode not run; its time estimated from {record['steps']} timed steps of each "
+              f"loop: {_loop_times(record['loops'])}")
     return Row(notebook, result, "", "—", device, f"about {_minutes(record['estimated_seconds'])} (estimated)",
                commit)
+
+
+def _loop_times(loops: list[dict]) -> str:
+    """``training 2.8 h, training, evaluations 6 min``: each loop's whole time, loops of one name added."""
+    totals: dict[str, float] = {}
+    for loop in loops:
+        totals[loop["desc"]] = totals.get(loop["desc"], 0.0) + loop["steps"] * loop["seconds_per_step"]
+    return ", ".join(f"{desc} {_minutes(round(seconds))}" for desc, seconds in totals.items())
 
 
 def estimated_copies() -> dict[str, Path]:
@@ -384,10 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--include-gpu", action="store_true",
                         help="also run the notebooks whose full mode is a GPU job when no GPU is here")
     parser.add_argument("--estimate", type=_steps, metavar="K",
-                        help="do not run full mode: estimate its time from K timed steps of each training loop")
+                        help="do not run full mode: estimate its time from K timed steps of each training loop "
+                             "(of the notebooks named, else of those whose full mode needs a GPU)")
     args = parser.parse_args(argv)
     everything = sorted(ROOT.glob("chapter_*/*.ipynb"))
-    chosen = args.notebooks or everything
+    gpu_jobs = [p for p in everything if p.relative_to(ROOT).as_posix() in NEEDS_GPU]
+    chosen = args.notebooks or (gpu_jobs if args.estimate is not None else everything)
     wrong = [str(p) for p in chosen if not p.is_file() or p.suffix != ".ipynb"
              or p.resolve().parent.parent != ROOT or not p.resolve().parent.name.startswith("chapter_")]
     if wrong:

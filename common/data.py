@@ -40,7 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from .checks import check_int
-from .config import repo_root, resolve_device
+from .config import estimate_steps, repo_root, resolve_device
 
 D2L_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"
 D2L_IMG_URL = "https://raw.githubusercontent.com/d2l-ai/d2l-en/23d7a5aecceee57d1292c56e90cce307f183bb0a/img/"
@@ -697,7 +697,8 @@ def cached_state(name: str, recipe: dict, train: Callable[[dict], dict]) -> dict
     It is saved under ``<data cache>/derived/<name>-<recipe key>.pt``: a change of any setting
     trains a new model. Training runs with the random generators seeded 0 (the same model whichever
     notebook trains it first) and restores the caller's random state afterwards. The file appears
-    complete or not at all; one that cannot be read is trained again.
+    complete or not at all; one that cannot be read is trained again. In estimate mode nothing is
+    saved: its training stops early.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"name must be letters, digits, '.', '_' or '-' (it names a file), got {name!r}.")
@@ -712,6 +713,9 @@ def cached_state(name: str, recipe: dict, train: Callable[[dict], dict]) -> dict
         state = train(recipe)
     if not isinstance(state, dict):
         raise TypeError(f"train must return a state dict (module.state_dict()), got {type(state).__name__}.")
+    if estimate_steps() is not None:  # estimate mode stopped its training early (common.progress)
+        print(f"estimate mode: {path.name} is only partly trained and is not cached")
+        return state
     tmp = _temporary_sibling(path)
     try:
         torch.save({k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}, tmp)

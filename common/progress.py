@@ -9,8 +9,10 @@ In estimate mode (``COURSE_ESTIMATE_STEPS=k``, set by ``make book`` with ``--est
 at least ``k`` steps, and at least 10 seconds of them, after its first one (the warm-up: memory
 allocation, kernel selection), prints an
 ``estimate:`` line with the time per step and the time its whole loop would still take, and raises
-:class:`EstimateReached`, which ends the loop. This is how the book estimates a full-mode run that
-would take hours on a CPU.
+:class:`EstimateReached`, which ends the loop. :func:`common.train.train_classifier` catches it,
+times one test evaluation as well and returns what it trained so far, so that a notebook's later
+training loops run and are timed too (a model trained this way is never cached). This is how the
+book estimates a full-mode run that would take hours on a CPU.
 """
 from __future__ import annotations
 
@@ -30,6 +32,12 @@ ESTIMATE_MIN_SECONDS = 10.0  # a shorter window is at the mercy of whatever else
 
 class EstimateReached(Exception):
     """Estimate mode: a progress bar has timed its steps and stops its loop here."""
+
+
+def print_estimate(desc: str, total: int, per_step: float, done: int) -> None:
+    """Print the ``estimate:`` line of a loop of ``total`` steps, ``done`` of them run (estimate mode)."""
+    print(f"estimate: {desc}: {total} steps at {per_step:.4g} s per step, "
+          f"{per_step * (total - done):.4g} s left to run")
 
 
 class ProgressBar:
@@ -70,9 +78,7 @@ class ProgressBar:
         timed = self.count - start_count
         if timed < self.estimate_steps or now - start_time < ESTIMATE_MIN_SECONDS or self.count >= self.total:
             return
-        per_step = (now - start_time) / timed
-        print(f"estimate: {self.desc}: {self.total} steps at {per_step:.4g} s per step, "
-              f"{per_step * (self.total - self.count):.4g} s left to run")
+        print_estimate(self.desc, self.total, (now - start_time) / timed, self.count)
         raise EstimateReached(f"COURSE_ESTIMATE_STEPS={self.estimate_steps}: {self.desc} timed {timed} "
                               f"{_plural(self.unit)} after a warm-up one and stops here.")
 

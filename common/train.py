@@ -13,7 +13,7 @@ from torch import nn
 from .checks import check_int, check_number
 from .config import device as default_device
 from .plot import LivePlot, Panel
-from .progress import ProgressBar
+from .progress import EstimateReached, ProgressBar, print_estimate
 
 
 class Timer:
@@ -364,7 +364,7 @@ def _check_finite_loss(batch_losses: list[torch.Tensor], epoch: int) -> None:
 def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, num_epochs: int,
                      optimizer, loss: Callable | None = None, device: torch.device | None = None,
                      plot: bool = True, progress: bool = True,
-                     early_stopping: EarlyStopping | None = None) -> History:
+                     early_stopping: EarlyStopping | None = None, desc: str = "training") -> History:
     """Train a classifier with minibatches and return its per-epoch :class:`History`.
 
     ``net`` is an ``nn.Module`` or any function of the inputs returning logits (from-scratch
@@ -377,7 +377,7 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
     evaluated on its validation data after every epoch, training stops after ``patience`` epochs
     without improvement (or after ``num_epochs``), and the weights of the best epoch are
     restored; the history then holds ``valid_loss``, ``valid_acc`` and ``best_epoch`` too. The
-    test data are only measured, never used to decide.
+    test data are only measured, never used to decide. ``desc`` names the loop on its progress bar.
     """
     num_epochs = check_int("num_epochs", num_epochs, minimum=1)
     _check_optimizer(optimizer)
@@ -406,49 +406,54 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
         live = _LivePlotWithBest(xlabel="epoch", xlim=[1, max(num_epochs, 2)], panels=[
             Panel("loss", curves=["train loss", "valid loss"]),
             Panel("accuracy", curves=["train acc", "valid acc", "test acc"], ylim=(0, 1))]) if plot else None
-    bar = progress_bar(num_epochs * len(train_iter), unit="batch") if progress else None
-    for epoch in range(num_epochs):
-        if isinstance(net, nn.Module):
-            net.train()
-        metric = Accumulator(3)  # sum of losses, correct predictions, examples
-        timer = Timer()
-        batch_losses = []  # stay on the device until the epoch ends
-        for X, y in train_iter:
-            X, y = X.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            if channels_last:
-                X = X.contiguous(memory_format=torch.channels_last)
-            with _autocast(dev, amp_dtype):
-                y_hat = net(X)
-                if epoch == 0 and not batch_losses:
-                    _check_labels(y_hat, y)
-                l = loss(y_hat, y)
-            optimizer.zero_grad()
-            scaler.scale(l).backward()
-            scaler.step(optimizer) if scaler.is_enabled() else optimizer.step()
-            scaler.update()
-            metric.add(l.detach() * y.numel(), accuracy(y_hat.detach(), y), y.numel())
-            batch_losses.append(l.detach())
+    bar = ProgressBar(num_epochs * len(train_iter), "batch", desc=desc) if progress else None
+    try:
+        for epoch in range(num_epochs):
+            if isinstance(net, nn.Module):
+                net.train()
+            metric = Accumulator(3)  # sum of losses, correct predictions, examples
+            timer = Timer()
+            batch_losses = []  # stay on the device until the epoch ends
+            for X, y in train_iter:
+                X, y = X.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                if channels_last:
+                    X = X.contiguous(memory_format=torch.channels_last)
+                with _autocast(dev, amp_dtype):
+                    y_hat = net(X)
+                    if epoch == 0 and not batch_losses:
+                        _check_labels(y_hat, y)
+                    l = loss(y_hat, y)
+                optimizer.zero_grad()
+                scaler.scale(l).backward()
+                scaler.step(optimizer) if scaler.is_enabled() else optimizer.step()
+                scaler.update()
+                metric.add(l.detach() * y.numel(), accuracy(y_hat.detach(), y), y.numel())
+                batch_losses.append(l.detach())
+                if bar is not None:
+                    bar.update()
+            if not batch_losses:
+                raise ValueError("train_iter yielded no minibatches: there is nothing to train on.")
+            _check_finite_loss(batch_losses, epoch)
+            train_loss, train_acc = metric[0] / metric[2], metric[1] / metric[2]  # reading syncs the device
+            history.examples_per_sec.append(metric[2] / timer.stop())
+            history.train_loss.append(train_loss)
+            history.train_acc.append(train_acc)
+            history.test_acc.append(evaluate_accuracy(net, test_iter, dev))
+            stop = early_stopping is not None and early_stopping.step(net, dev)
             if bar is not None:
-                bar.update()
-        if not batch_losses:
-            raise ValueError("train_iter yielded no minibatches: there is nothing to train on.")
-        _check_finite_loss(batch_losses, epoch)
-        train_loss, train_acc = metric[0] / metric[2], metric[1] / metric[2]  # reading syncs the device
-        history.examples_per_sec.append(metric[2] / timer.stop())
-        history.train_loss.append(train_loss)
-        history.train_acc.append(train_acc)
-        history.test_acc.append(evaluate_accuracy(net, test_iter, dev))
-        stop = early_stopping is not None and early_stopping.step(net, dev)
-        if bar is not None:
-            bar.set_postfix(loss=f"{train_loss:.3f}", test_acc=f"{history.test_acc[-1]:.3f}")
-        if live is not None:
-            points = {"train loss": train_loss, "train acc": train_acc}
-            if early_stopping is not None:
-                live.best_epoch = early_stopping.best_epoch or None
-                points |= {"valid loss": early_stopping.valid_loss[-1], "valid acc": early_stopping.valid_acc[-1]}
-            live.add(epoch + 1, points | {"test acc": history.test_acc[-1]})
-        if stop:
-            break
+                bar.set_postfix(loss=f"{train_loss:.3f}", test_acc=f"{history.test_acc[-1]:.3f}")
+            if live is not None:
+                points = {"train loss": train_loss, "train acc": train_acc}
+                if early_stopping is not None:
+                    live.best_epoch = early_stopping.best_epoch or None
+                    points |= {"valid loss": early_stopping.valid_loss[-1], "valid acc": early_stopping.valid_acc[-1]}
+                live.add(epoch + 1, points | {"test acc": history.test_acc[-1]})
+            if stop:
+                break
+    except EstimateReached:  # estimate mode (common.progress): time an evaluation too, return what trained
+        _estimate_evaluations(net, test_iter, early_stopping, dev, num_epochs, len(history.test_acc), desc)
+        bar.close()
+        return history
     if early_stopping is not None:
         early_stopping.restore(net)
         history.valid_loss, history.valid_acc = list(early_stopping.valid_loss), list(early_stopping.valid_acc)
@@ -459,6 +464,16 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
         live.finish()
     print(history)
     return history
+
+
+def _estimate_evaluations(net, test_iter, early_stopping, device, num_epochs: int, epochs_done: int,
+                          desc: str) -> None:
+    """Estimate mode: time one epoch's evaluations (test, and validation with early stopping)."""
+    timer = Timer()
+    evaluate_accuracy(net, test_iter, device)
+    if early_stopping is not None:
+        evaluate_accuracy(net, early_stopping.valid_iter, device)
+    print_estimate(f"{desc}, evaluations", num_epochs, timer.stop(), epochs_done + 1)
 
 
 class _LivePlotWithBest(LivePlot):

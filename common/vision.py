@@ -274,7 +274,7 @@ def _train_course_backbone(recipe: dict) -> ResNet18:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe["lr"],
                                                     total_steps=recipe["epochs"] * len(train_iter))
     train_classifier(net, train_iter, test_iter, recipe["epochs"], StepEveryBatch(optimizer, scheduler), plot=False,
-                     device=config.device())  # with a progress bar: in full mode, this takes a while
+                     device=config.device(), desc="course backbone")  # a progress bar: in full mode, it takes a while
     return net.cpu()
 
 

@@ -669,6 +669,17 @@ def test_cached_state_trains_once_per_recipe(isolated_data):
         "tiny-version1-width3.pt", "tiny-version1-width4.pt"]  # no .part files left behind
 
 
+def test_cached_state_saves_nothing_in_estimate_mode(isolated_data, monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_ESTIMATE_STEPS", "5")  # training stopped early: never a cache entry
+    calls = []
+    data.cached_state("tiny", {"width": 3}, _counting_trainer(calls))
+    assert "not cached" in capsys.readouterr().out
+    assert not (isolated_data / "derived").exists() or not any((isolated_data / "derived").iterdir())
+    monkeypatch.delenv("COURSE_ESTIMATE_STEPS")
+    data.cached_state("tiny", {"width": 3}, _counting_trainer(calls))
+    assert len(calls) == 2 and (isolated_data / "derived" / "tiny-width3.pt").exists()
+
+
 def test_cached_state_trains_seeded_and_keeps_the_callers_random_state(isolated_data):
     torch.manual_seed(123)
     expected_next = torch.rand(3)

@@ -43,6 +43,21 @@ def test_train_classifier_learns_and_records_history(capsys):
     assert "test acc" in capsys.readouterr().out
 
 
+def test_train_classifier_in_estimate_mode_times_its_loop_and_an_evaluation_and_returns(monkeypatch, capsys):
+    from common import progress
+
+    monkeypatch.setenv("COURSE_ESTIMATE_STEPS", "3")
+    monkeypatch.setattr(progress, "ESTIMATE_MIN_SECONDS", 0.0)
+    X, y = blobs()
+    loader = data.TensorLoader(X, y, batch_size=8)  # 50 batches per epoch
+    net = nn.Linear(2, 2)
+    history = train.train_classifier(net, loader, loader, 4, torch.optim.SGD(net.parameters(), lr=0.1),
+                                     device=torch.device("cpu"), plot=False, desc="demo")
+    assert history.test_acc == []  # stopped after 1 + 3 batches, before the first epoch ended
+    lines = [m.groupdict() for m in progress.ESTIMATE_LINE.finditer(capsys.readouterr().out)]
+    assert [(line["desc"], line["total"]) for line in lines] == [("demo", "200"), ("demo, evaluations", "4")]
+
+
 def test_train_classifier_accepts_from_scratch_models():
     torch.manual_seed(0)
     X, y = blobs()
