@@ -81,8 +81,11 @@ test-floor: $(FLOOR_VENV)/.installed
 # notebooks already executed at this commit are skipped unless BOOK_FLAGS=--force; several seeds:
 # BOOK_FLAGS="--seeds 0,1,2"; a GPU job's time on this machine, estimated from 5 timed steps of
 # each training loop instead of run: BOOK_FLAGS="--estimate 5".
+# Only notebooks named on the command line are passed on: common.book picks its own default
+# (every notebook; with --estimate, those whose full mode needs a GPU).
+BOOK_NOTEBOOKS = $(if $(filter command line,$(origin NOTEBOOKS)),$(NOTEBOOKS))
 book: install
-	$(PY) -m common.book $(BOOK_FLAGS) $(NOTEBOOKS)
+	$(PY) -m common.book $(BOOK_FLAGS) $(BOOK_NOTEBOOKS)
 
 bench: install
 	$(PY) -m common.bench
