@@ -15,8 +15,8 @@ kept as the last run wrote it. The table is never edited by hand.
 mode is a GPU job: each notebook runs in full mode with ``COURSE_ESTIMATE_STEPS=K`` into
 ``build/book/estimate/``, so that every training loop's progress bar times K steps (and at least
 10 s of them) after a warm-up one, prints what the whole loop would take and stops it.
-:func:`common.train.train_classifier` then times one epoch's evaluations too and returns, so the
-notebook's later loops run and are timed as well; a notebook's own loop stops its notebook there
+:func:`common.train.train_classifier` then times one epoch's evaluations too (K batches of them)
+and returns, so the notebook's later loops run and are timed as well; a notebook's own loop stops its notebook there
 (the cells after it fail, as expected). The estimate is the run's wall time plus the time left in
 every loop timed; the evaluations inside a notebook's own loops are not in it. A notebook that has
 a full-mode row keeps it.

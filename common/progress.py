@@ -7,12 +7,12 @@ instead of a stale ``0%`` bar. It needs no widgets and no extra package.
 
 In estimate mode (``COURSE_ESTIMATE_STEPS=k``, set by ``make book`` with ``--estimate``) a bar times
 at least ``k`` steps, and at least 10 seconds of them, after its first one (the warm-up: memory
-allocation, kernel selection), prints an
-``estimate:`` line with the time per step and the time its whole loop would still take, and raises
-:class:`EstimateReached`, which ends the loop. :func:`common.train.train_classifier` catches it,
-times one test evaluation as well and returns what it trained so far, so that a notebook's later
-training loops run and are timed too (a model trained this way is never cached). This is how the
-book estimates a full-mode run that would take hours on a CPU.
+allocation, kernel selection), prints an ``estimate:`` line with the time per step and the time its
+whole loop would still take, and raises :class:`EstimateReached`, which ends the loop.
+:func:`common.train.train_classifier` catches it, times one epoch's evaluations as well (from
+``k`` batches) and returns what it trained so far, so that a notebook's later training loops run
+and are timed too (a model trained this way is never cached). This is how the book estimates a
+full-mode run that would take hours on a CPU.
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -12,6 +13,7 @@ from torch import nn
 
 from .checks import check_int, check_number
 from .config import device as default_device
+from .config import estimate_steps
 from .plot import LivePlot, Panel
 from .progress import EstimateReached, ProgressBar, print_estimate
 
@@ -469,11 +471,24 @@ def train_classifier(net: Callable, train_iter: Iterable, test_iter: Iterable, n
 def _estimate_evaluations(net, test_iter, early_stopping, device, num_epochs: int, epochs_done: int,
                           desc: str) -> None:
     """Estimate mode: time one epoch's evaluations (test, and validation with early stopping)."""
-    timer = Timer()
-    evaluate_accuracy(net, test_iter, device)
+    seconds = _evaluation_seconds(net, test_iter, device)
     if early_stopping is not None:
-        evaluate_accuracy(net, early_stopping.valid_iter, device)
-    print_estimate(f"{desc}, evaluations", num_epochs, timer.stop(), epochs_done + 1)
+        seconds += _evaluation_seconds(net, early_stopping.valid_iter, device)
+    print_estimate(f"{desc}, evaluations", num_epochs, seconds, epochs_done + 1)
+
+
+def _evaluation_seconds(net, data_iter, device) -> float:
+    """The time of one pass of evaluate_accuracy over ``data_iter``, from a few timed batches."""
+    steps = estimate_steps() or 1
+    if not hasattr(data_iter, "__len__") or len(data_iter) <= steps + 1:
+        timer = Timer()
+        evaluate_accuracy(net, data_iter, device)
+        return timer.stop()
+    batches = iter(data_iter)
+    evaluate_accuracy(net, itertools.islice(batches, 1), device)  # warm-up
+    timer = Timer()
+    evaluate_accuracy(net, itertools.islice(batches, steps), device)  # returns a float: the device is synced
+    return timer.stop() / steps * len(data_iter)
 
 
 class _LivePlotWithBest(LivePlot):
