@@ -170,3 +170,10 @@ def test_an_estimate_without_a_progress_bar_fails_and_a_run_replaces_an_estimate
 def test_estimate_option_refuses_what_is_not_a_number_of_steps():
     with pytest.raises(SystemExit):
         book.main(["--estimate", "0"])
+
+
+def test_an_estimate_row_adds_each_loops_evaluations_to_it_and_keeps_loops_of_one_name_apart():
+    loops = [{"desc": "training", "steps": 100, "seconds_per_step": 30.0},
+             {"desc": "training, evaluations", "steps": 10, "seconds_per_step": 60.0},
+             {"desc": "training", "steps": 100, "seconds_per_step": 1.0}]
+    assert book._loop_times(loops) == "training 60 min, training 100 s"
