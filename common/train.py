@@ -474,7 +474,8 @@ def _estimate_evaluations(net, test_iter, early_stopping, device, num_epochs: in
     seconds = _evaluation_seconds(net, test_iter, device)
     if early_stopping is not None:
         seconds += _evaluation_seconds(net, early_stopping.valid_iter, device)
-    print_estimate(f"{desc}, evaluations", num_epochs, seconds, epochs_done + 1)
+    # The interrupted epoch's evaluations did not run (only the timed batches), so they are still to come.
+    print_estimate(f"{desc}, evaluations", num_epochs, seconds, epochs_done)
 
 
 def _evaluation_seconds(net, data_iter, device) -> float:

@@ -56,6 +56,8 @@ def test_train_classifier_in_estimate_mode_times_its_loop_and_an_evaluation_and_
     assert history.test_acc == []  # stopped after 1 + 3 batches, before the first epoch ended
     lines = [m.groupdict() for m in progress.ESTIMATE_LINE.finditer(capsys.readouterr().out)]
     assert [(line["desc"], line["total"]) for line in lines] == [("demo", "200"), ("demo, evaluations", "4")]
+    evaluations = lines[1]  # no epoch's evaluations ran, so all 4 are still to come
+    assert float(evaluations["left"]) == pytest.approx(4 * float(evaluations["seconds"]), rel=2e-3)
 
 
 def test_train_classifier_accepts_from_scratch_models():
