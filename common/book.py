@@ -48,7 +48,7 @@ NEEDS_GPU = {
        for name in ("vgg", "nin", "googlenet", "resnet", "densenet")},
     "chapter_attention-mechanisms/vision-transformer.ipynb": "not measured on a CPU",
     **{f"chapter_computer-vision/{name}.ipynb": "not measured on a CPU"
-       for name in ("image-augmentation", "kaggle-cifar10", "fcn", "ssd", "fine-tuning")},
+       for name in ("image-augmentation", "kaggle-cifar10", "fcn", "fine-tuning")},
     "chapter_computer-vision/neural-style.ipynb": "did not finish within 20 minutes on 2 CPU cores (offline backbone)",
     "chapter_computer-vision/deepdream.ipynb": ("offline it first trains the course backbone's full recipe (ResNet-18 of width 64, "
                                                 "30 epochs on 40,000 CIFAR images at 64x64), about 4,800 times the smoke "
