@@ -41,20 +41,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BOOK_DIR = ROOT / "build" / "book"
 RESULTS_FILE = ROOT / "RESULTS.md"
 
-# Notebooks whose full mode is a GPU job: their rows say so until a GPU machine runs them.
-NEEDS_GPU = {
-    "chapter_convolutional-modern/alexnet.ipynb": "about 3 hours on 2 CPU cores (measured)",
-    **{f"chapter_convolutional-modern/{name}.ipynb": "not measured on a CPU"
-       for name in ("vgg", "nin", "googlenet", "resnet", "densenet")},
-    "chapter_attention-mechanisms/vision-transformer.ipynb": "not measured on a CPU",
-    **{f"chapter_computer-vision/{name}.ipynb": "not measured on a CPU"
-       for name in ("image-augmentation", "kaggle-cifar10", "fcn", "fine-tuning")},
-    "chapter_computer-vision/neural-style.ipynb": "did not finish within 20 minutes on 2 CPU cores (offline backbone)",
-    "chapter_computer-vision/deepdream.ipynb": ("offline it first trains the course backbone's full recipe (ResNet-18 of width 64, "
-                                                "30 epochs on 40,000 CIFAR images at 64x64), about 4,800 times the smoke "
-                                                "recipe's work: not measured on a CPU"),
-    "chapter_convolutional-modern/separable-conv.ipynb": "its two trainings did not finish within 25 minutes on 2 CPU cores",
-}
+# Notebooks whose full mode is a GPU job (20 minutes to a day on a 2-core CPU; RESULTS.md estimates each):
+# `make book` skips them on a CPU unless --include-gpu, and their rows say so until one runs them.
+NEEDS_GPU = frozenset(
+    [f"chapter_convolutional-modern/{name}.ipynb"
+     for name in ("alexnet", "vgg", "nin", "googlenet", "resnet", "densenet", "separable-conv")]
+    + ["chapter_attention-mechanisms/vision-transformer.ipynb"]
+    + [f"chapter_computer-vision/{name}.ipynb"
+       for name in ("image-augmentation", "kaggle-cifar10", "fcn", "fine-tuning", "neural-style", "deepdream")])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +316,7 @@ def _rows_in(results_file: Path) -> dict[str, Row]:
 def _why_no_result(notebook: Path, name: str) -> str:
     """The result cell of a notebook that has no executed copy."""
     if name in NEEDS_GPU:
-        return f"needs a GPU: {NEEDS_GPU[name]}"
+        return "needs a GPU: not run yet (`make book BOOK_FLAGS=\"--estimate 5\"` estimates its time)"
     if "check_result(" not in notebook.read_text(encoding="utf-8"):
         return "no headline result (checks only)"
     return "not run in full mode yet"
@@ -418,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             failed += _estimate_one(notebook, commit, args.estimate, args.force)
             continue
         if name in NEEDS_GPU and not accelerated and not args.include_gpu:
-            print(f"{notebook}: skipped, its full mode needs a GPU ({NEEDS_GPU[name]}); "
+            print(f"{notebook}: skipped, its full mode needs a GPU (RESULTS.md estimates its time on a CPU); "
                   "--include-gpu runs it on this CPU anyway", flush=True)
             continue
         for seed in args.seeds:
